@@ -1,0 +1,35 @@
+"""Typed errors. The CLI turns each into one line on stderr and a documented exit code.
+
+Exit codes:
+    0  success
+    1  unexpected internal error (a bug: please report it with the traceback from --verbose)
+    2  bad usage or bad input (unknown model, unreadable/malformed file, wrong input size, ...)
+    3  unsupported pattern or block (the tool refuses rather than produce a wrong model)
+    4  verification failed: the optimized model does not match the reference; nothing was written
+"""
+
+from __future__ import annotations
+
+
+class UpdpError(Exception):
+    """Base class for errors a user can act on. `exit_code` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class InputError(UpdpError):
+    """Bad input: unknown model, unreadable or malformed file, wrong input size, bad option."""
+
+    exit_code = 2
+
+
+class UnsupportedError(UpdpError):
+    """A pattern or block updp refuses to transform, with the reason."""
+
+    exit_code = 3
+
+
+class VerificationError(UpdpError):
+    """The optimized model's outputs differ from the reference beyond tolerance."""
+
+    exit_code = 4

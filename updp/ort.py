@@ -1,0 +1,142 @@
+"""ONNX Runtime session construction and ONNX file loading, shared by verification and latency.
+
+Every session updp creates goes through `make_session` so that the graph optimization level, the
+thread counts and the providers are always set explicitly and can be recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from updp.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+OPT_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+_ONNX_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file with one-line, actionable errors for the usual failures."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises DecodeError, external data raises various
+        raise InputError(f"cannot read {path} as an ONNX model: {type(exc).__name__}: {exc}") from None
+    if not model.graph.node:
+        raise InputError(f"{path} holds no ONNX graph (empty or not an ONNX model)")
+    if check:
+        try:
+            onnx.checker.check_model(model)
+        except onnx.checker.ValidationError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+            raise InputError(f"{path} is not a valid ONNX model: {first}") from None
+    return model
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def default_providers(device: str = "cpu") -> list[str]:
+    """CPU always; CUDA first when asked for and onnxruntime-gpu provides it."""
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available_providers():
+            raise InputError("CUDA requested but onnxruntime has no CUDAExecutionProvider "
+                             "(install onnxruntime-gpu on a machine with a GPU)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str = "all",
+                 threads: int | None = None, providers: list[str] | None = None,
+                 profile_prefix: str | None = None):
+    """Create an InferenceSession with every setting explicit.
+
+    Args:
+        model: a ModelProto or a path.
+        opt_level: one of `OPT_LEVELS` (disable, basic, extended, all).
+        threads: intra-op threads (inter-op is pinned to 1; None lets ORT choose).
+        providers: execution providers, CPU by default.
+        profile_prefix: if set, ORT's profiler writes a trace with this file prefix.
+    """
+    import onnxruntime as ort
+
+    if opt_level not in OPT_LEVELS:
+        raise InputError(f"unknown optimization level {opt_level!r}; choose from {', '.join(OPT_LEVELS)}")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = str(profile_prefix)
+    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    try:
+        return ort.InferenceSession(payload, sess_options=so, providers=providers or default_providers())
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"ONNX Runtime cannot load the model: {msg}") from None
+
+
+def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
+    """(name, shape, numpy dtype) for each session input, symbolic dims resolved.
+
+    A symbolic first dimension becomes `batch`; other symbolic dims must be given in `dims`.
+    """
+    specs = []
+    for inp in session.get_inputs():
+        shape = []
+        for i, d in enumerate(inp.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif dims and isinstance(d, str) and d in dims:
+                shape.append(dims[d])
+            elif i == 0:
+                shape.append(batch)
+            else:
+                raise InputError(f"input {inp.name!r} has a symbolic dimension {d!r} at axis {i}; "
+                                 "export with a static input size")
+        dtype = _ONNX_TO_NUMPY.get(inp.type)
+        if dtype is None:
+            raise InputError(f"input {inp.name!r} has unsupported type {inp.type}")
+        specs.append((inp.name, tuple(shape), dtype))
+    return specs
+
+
+def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+    """Non-trivial random feeds: standard normal floats (never all-zeros or all-ones)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for name, shape, dtype in input_specs(session, batch):
+        if np.issubdtype(dtype, np.floating):
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[name] = rng.integers(0, 2, size=shape).astype(dtype)
+    return feeds
