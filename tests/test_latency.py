@@ -1,0 +1,187 @@
+"""Latency runner: recorded setup, interleaving, statistics structure, JSON, input checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from updp.errors import InputError
+from updp.latency import runner
+from updp.latency.runner import BenchReport, LatencySetup, benchmark
+
+
+def matmul_chain(n: int, width: int = 128, rows: int = 32, name: str = "chain") -> onnx.ModelProto:
+    """x: (rows, width) -> n x (MatMul with a (width, width) weight, Relu)."""
+    rng = np.random.default_rng(n)
+    nodes, inits, prev = [], [], "x"
+    for i in range(n):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"/l{i}/MatMul"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"/l{i}/Relu"))
+        prev = f"r{i}"
+    nodes.append(helper.make_node("Identity", [prev], ["y"], name="/out/Identity"))
+    graph = helper.make_graph(nodes, name,
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+FAST = dict(warmup=1, repeats=5, threads=1)
+
+
+def test_setup_records_fields():
+    s = LatencySetup(threads=1, opt_level="disable", warmup=3, repeats=7, batch=2)
+    d = s.to_dict()
+    assert d["providers"] == ["CPUExecutionProvider"]
+    assert (d["device"], d["threads"], d["opt_level"], d["warmup"], d["repeats"], d["batch"]) == (
+        "cpu", 1, "disable", 3, 7, 2)
+    assert d["onnxruntime_version"] == ort.__version__
+    assert d["onnx_version"] == onnx.__version__
+    assert d["numpy_version"] == np.__version__
+    assert d["cpu_count"] == os.cpu_count()
+    assert d["python"] and d["platform"] and d["cpu_model"]
+    assert LatencySetup.from_dict(json.loads(json.dumps(d))) == s
+
+
+@pytest.mark.parametrize("kwargs", [dict(opt_level="max"), dict(device="tpu"), dict(repeats=0),
+                                    dict(warmup=-1), dict(threads=0), dict(batch=0)])
+def test_setup_rejects_bad_values(kwargs):
+    with pytest.raises(InputError):
+        LatencySetup(**kwargs)
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="CUDA is present")
+def test_cuda_unavailable_is_a_clean_input_error():
+    with pytest.raises(InputError, match="CUDA"):
+        LatencySetup(device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu with CUDAExecutionProvider")
+def test_cuda_benchmark():
+    setup = LatencySetup(device="cuda", **FAST)
+    assert setup.providers[0] == "CUDAExecutionProvider"
+    rep = benchmark([("a", matmul_chain(2)), ("b", matmul_chain(4))], setup)
+    assert [r.model for r in rep.results] == ["a", "b"]
+
+
+class _Input:
+    def __init__(self, name, shape):
+        self.name, self.shape, self.type = name, shape, "tensor(float)"
+
+
+class FakeSession:
+    """Records every run in a shared log; optionally sleeps to simulate work."""
+
+    def __init__(self, tag, log, shape=(1, 4), sleep=0.0):
+        self.tag, self.log, self.shape, self.sleep = tag, log, shape, sleep
+
+    def get_inputs(self):
+        return [_Input("x", list(self.shape))]
+
+    def run(self, _outputs, feeds):
+        assert feeds["x"].shape == tuple(self.shape)
+        if self.sleep:
+            time.sleep(self.sleep)
+        self.log.append(self.tag)
+
+
+def _fake_factory(log, sleep=0.0):
+    def make_session(model, *, opt_level, threads, providers, profile_prefix=None):
+        return FakeSession((model.graph.name, opt_level), log, sleep=sleep)
+    return make_session
+
+
+def test_timed_runs_interleave_and_rotate(monkeypatch):
+    log = []
+    monkeypatch.setattr(runner, "make_session", _fake_factory(log))
+    models = [(n, matmul_chain(1, name=n)) for n in "abc"]
+    rep = benchmark(models, LatencySetup(warmup=2, repeats=3), opt_levels=["disable", "all"])
+    for level, chunk in (("disable", log[:15]), ("all", log[15:])):
+        names = [tag for tag, lvl in chunk]
+        assert all(lvl == level for _, lvl in chunk)
+        assert names[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
+        assert names[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # one run each, rotating start
+    assert len(log) == 30
+    assert [(r.model, r.opt_level, r.n) for r in rep.results] == [
+        (m, lvl, 3) for lvl in ("disable", "all") for m in "abc"]
+
+
+def test_time_budget_caps_repeats(monkeypatch):
+    log = []
+    monkeypatch.setattr(runner, "make_session", _fake_factory(log, sleep=0.005))
+    models = [(n, matmul_chain(1, name=n)) for n in "ab"]
+    rep = benchmark(models, LatencySetup(warmup=0, repeats=10_000), max_seconds=0.1)
+    n = {r.model: r.n for r in rep.results}
+    assert 1 <= n["a"] < 100 and n["a"] == n["b"]
+    assert rep.max_seconds == 0.1
+
+
+def test_heavier_model_is_slower_and_self_speedup_is_near_one():
+    light, heavy = matmul_chain(2), matmul_chain(20)
+    setup = LatencySetup(warmup=2, repeats=15, threads=1)
+    rep = benchmark([("light", light), ("light-again", light), ("heavy", heavy)], setup,
+                    opt_levels=["disable", "all"])
+    assert rep.opt_levels == ["disable", "all"] and rep.models == ["light", "light-again", "heavy"]
+    for level in rep.opt_levels:
+        lt, again, hv = (rep.get(m, level) for m in rep.models)
+        for r in (lt, again, hv):
+            assert r.n == 15 and r.min_ms <= r.median_ms <= r.p90_ms and r.min_ms <= r.mean_ms
+        assert lt.speedup == 1.0 and lt.p90_speedup == 1.0
+        assert 1 / 3 < again.speedup < 3  # same model: ~1, loose because the machine is shared
+        assert hv.median_ms > lt.median_ms and hv.speedup < 1
+
+
+def test_report_json_round_trip_and_table(tmp_path):
+    rep = benchmark([("a", matmul_chain(1)), ("b", matmul_chain(3))], LatencySetup(**FAST),
+                    opt_levels=["disable", "all"])
+    path = tmp_path / "lat.json"
+    text = rep.to_json(path)
+    d = json.loads(path.read_text())
+    assert json.loads(text) == d
+    assert BenchReport.from_dict(d) == rep
+    assert {"median_ms", "p90_ms", "speedup", "model", "opt_level"} <= set(d["results"][0])
+    table = rep.format_table()
+    header = table.splitlines()[0]
+    for item in ("providers=CPUExecutionProvider", "threads=1", "opt_levels=disable,all", "warmup=1",
+                 "repeats=5", "batch=1", f"ort={ort.__version__}"):
+        assert item in header
+    assert "ORT_DISABLE_ALL" in table and "ORT_ENABLE_ALL" in table and "speedup vs a" in table
+    assert len(table.splitlines()) == 2 + 2 + 4  # header, columns, rule, 2 models x 2 levels
+
+
+def test_mismatched_input_shapes_raise():
+    with pytest.raises(InputError, match="differ"):
+        benchmark([("a", matmul_chain(1, width=8)), ("b", matmul_chain(1, width=16))],
+                  LatencySetup(**FAST))
+
+
+def test_bad_model_lists_raise(tmp_path):
+    m = matmul_chain(1)
+    with pytest.raises(InputError):
+        benchmark([], LatencySetup(**FAST))
+    with pytest.raises(InputError, match="unique"):
+        benchmark([("a", m), ("a", m)], LatencySetup(**FAST))
+    with pytest.raises(InputError, match="not found"):
+        benchmark([("a", m), ("b", tmp_path / "missing.onnx")], LatencySetup(**FAST))
+    with pytest.raises(InputError, match="optimization level"):
+        benchmark([("a", m)], LatencySetup(**FAST), opt_levels=["fast"])
+
+
+def test_models_from_paths(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(matmul_chain(2), str(p))
+    rep = benchmark([("file", p), ("proto", matmul_chain(2))], LatencySetup(**FAST))
+    assert rep.get("file").n == rep.get("proto").n == 5

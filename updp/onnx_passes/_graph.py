@@ -1,0 +1,453 @@
+"""A small mutable view of an ONNX graph that the rewrite rules share.
+
+It keeps producer/consumer maps up to date as rules edit the graph, so a rule never rescans the
+whole graph; finds constants held by initializers or `Constant` nodes; creates unique names; writes
+new weights without touching initializers shared with nodes outside the match; and at the end
+(`finish`) restores a topological node order, drops unused initializers and stale value_info.
+
+Also holds the rule framework: a `Rule` has `match` (cheap: is this the anchor of the pattern?),
+`check` (every precondition, each refusal with a reason) and `rewrite`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from updp.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+LINEAR_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def set_attr(node: onnx.NodeProto, name: str, value) -> None:
+    for i, a in enumerate(node.attribute):
+        if a.name == name:
+            del node.attribute[i]
+            break
+    node.attribute.append(helper.make_attribute(name, value))
+
+
+def _const_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None  # sparse_value / string values: not handled, treated as non-constant
+
+
+def _subgraph_names(graph: onnx.GraphProto, out: set[str]) -> None:
+    for node in graph.node:
+        for a in node.attribute:
+            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
+                list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+            for sg in subs:
+                for n in sg.node:
+                    out.update(i for i in n.input if i)
+                _subgraph_names(sg, out)
+
+
+class Graph:
+    """Mutable graph with incremental producer/consumer maps. Nodes are addressed by index."""
+
+    def __init__(self, model: onnx.ModelProto, *, infer: bool = True):
+        self.model = model
+        g = model.graph
+        self.nodes: list[onnx.NodeProto | None] = [n for n in g.node]
+        self.inits: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self._arrays: dict[str, np.ndarray] = {}
+        self.graph_inputs = {i.name for i in g.input}
+        self.graph_outputs = {o.name for o in g.output}
+        self.sub_refs: set[str] = set()
+        _subgraph_names(g, self.sub_refs)
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[int]] = defaultdict(list)
+        self.names: set[str] = set(self.inits) | self.graph_inputs | self.graph_outputs
+        for idx, n in enumerate(self.nodes):
+            self._index(idx, n)
+        self.touched: set[str] = set()  # tensors whose value_info may be stale
+        self.shapes: dict[str, tuple | None] = infer_shapes(model) if infer else {}
+
+    # ----------------------------------------------------------------- indexing
+
+    def _index(self, idx: int, n: onnx.NodeProto) -> None:
+        if n.name:
+            self.names.add(n.name)
+        for i in n.input:
+            if i:
+                self.consumers[i].append(idx)
+        for o in n.output:
+            if o:
+                self.producer[o] = idx
+                self.names.add(o)
+
+    def _unindex(self, idx: int, n: onnx.NodeProto) -> None:
+        for i in n.input:
+            if i and idx in self.consumers.get(i, ()):
+                self.consumers[i].remove(idx)
+        for o in n.output:
+            if self.producer.get(o) == idx:
+                del self.producer[o]
+
+    def node(self, idx: int) -> onnx.NodeProto:
+        n = self.nodes[idx]
+        assert n is not None, f"node {idx} was removed"
+        return n
+
+    def alive(self) -> list[int]:
+        return [i for i, n in enumerate(self.nodes) if n is not None]
+
+    def label(self, idx: int) -> str:
+        n = self.node(idx)
+        return n.name or f"{n.op_type}#{idx}"
+
+    # ----------------------------------------------------------------- queries
+
+    def uses(self, name: str) -> int:
+        """How many places read a tensor: node inputs, graph outputs and subgraph references."""
+        return (len(self.consumers.get(name, ())) + (name in self.graph_outputs)
+                + (name in self.sub_refs))
+
+    def single_consumer(self, name: str) -> int | None:
+        """The index of the only reader of `name`, or None (several readers, or a graph output)."""
+        cons = self.consumers.get(name, ())
+        if len(cons) == 1 and self.uses(name) == 1:
+            return cons[0]
+        return None
+
+    def producer_of(self, name: str) -> int | None:
+        return self.producer.get(name)
+
+    def is_const(self, name: str) -> bool:
+        return self.const(name) is not None
+
+    def const(self, name: str) -> np.ndarray | None:
+        """Value of an initializer (not overridable as a graph input) or a Constant node output."""
+        if not name:
+            return None
+        if name in self._arrays:
+            return self._arrays[name]
+        arr = None
+        if name in self.inits and name not in self.graph_inputs:
+            arr = numpy_helper.to_array(self.inits[name])
+        else:
+            p = self.producer.get(name)
+            if p is not None and self.nodes[p].op_type == "Constant":
+                arr = _const_node_value(self.nodes[p])
+        if arr is not None:
+            self._arrays[name] = arr
+        return arr
+
+    def shape(self, name: str) -> tuple | None:
+        """Static shape if fully known (ints), else None."""
+        s = self.shapes.get(name)
+        if s is None or any(not isinstance(d, int) or d < 0 for d in s):
+            c = self.const(name)
+            return tuple(c.shape) if c is not None else None
+        return s
+
+    def rank(self, name: str) -> int | None:
+        s = self.shapes.get(name)
+        if s is not None:
+            return len(s)
+        c = self.const(name)
+        return c.ndim if c is not None else None
+
+    # ----------------------------------------------------------------- edits
+
+    def fresh(self, base: str) -> str:
+        """A name not used by any tensor or node in the graph."""
+        base = base or "updp"
+        name, k = base, 1
+        while name in self.names:
+            name = f"{base}_{k}"
+            k += 1
+        self.names.add(name)
+        return name
+
+    def add_init(self, arr: np.ndarray, base: str) -> str:
+        name = self.fresh(base)
+        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        self._arrays[name] = arr
+        return name
+
+    def set_const_input(self, idx: int, pos: int, arr: np.ndarray, base: str | None = None) -> str:
+        """Give input `pos` of node `idx` the constant `arr`.
+
+        Rewrites the initializer in place (keeping its name) when this node is its only reader,
+        otherwise creates a new one, so that a weight shared with nodes outside the match never
+        changes under them.
+        """
+        n = self.node(idx)
+        old = n.input[pos] if pos < len(n.input) else ""
+        if old and old in self.inits and old not in self.graph_inputs and self.uses(old) == 1:
+            self.inits[old] = numpy_helper.from_array(np.ascontiguousarray(arr), old)
+            self._arrays[old] = arr
+            return old
+        name = self.add_init(arr, base or old or f"{n.name or n.op_type}_w")
+        self.set_input(idx, pos, name)
+        return name
+
+    def set_input(self, idx: int, pos: int, name: str) -> None:
+        n = self.node(idx)
+        while len(n.input) <= pos:
+            n.input.append("")
+        old = n.input[pos]
+        if old and idx in self.consumers.get(old, ()):
+            self.consumers[old].remove(idx)
+        n.input[pos] = name
+        if name:
+            self.consumers[name].append(idx)
+
+    def truncate_inputs(self, idx: int, count: int) -> None:
+        n = self.node(idx)
+        while len(n.input) > count:
+            old = n.input[-1]
+            if old and idx in self.consumers.get(old, ()):
+                self.consumers[old].remove(idx)
+            del n.input[-1]
+
+    def set_output(self, idx: int, pos: int, name: str) -> None:
+        n = self.node(idx)
+        old = n.output[pos]
+        if self.producer.get(old) == idx:
+            del self.producer[old]
+        n.output[pos] = name
+        self.producer[name] = idx
+        self.touched.add(name)
+
+    def remove(self, idx: int) -> None:
+        n = self.node(idx)
+        self._unindex(idx, n)
+        self.nodes[idx] = None
+
+    def add(self, node: onnx.NodeProto) -> int:
+        self.nodes.append(node)
+        idx = len(self.nodes) - 1
+        self._index(idx, node)
+        self.touched.update(o for o in node.output if o)
+        return idx
+
+    def make_node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> int:
+        return self.add(helper.make_node(op, inputs, outputs, name=self.fresh(name), **attrs))
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Point every reader of `old` at `new` (`old` must not be a graph output)."""
+        for idx in list(self.consumers.get(old, ())):
+            n = self.node(idx)
+            for p, i in enumerate(n.input):
+                if i == old:
+                    self.set_input(idx, p, new)
+
+    def bypass(self, idx: int, keep_input: str) -> bool:
+        """Remove a single-input single-output node, connecting its readers to `keep_input`.
+
+        Returns False (and changes nothing) if that is not possible without renaming a graph
+        output or input.
+        """
+        n = self.node(idx)
+        out = n.output[0]
+        if out in self.graph_outputs or out in self.sub_refs:
+            # keep the output name: rename the producer of keep_input instead
+            p = self.producer.get(keep_input)
+            if (p is None or keep_input in self.graph_outputs or keep_input in self.sub_refs
+                    or len(self.consumers.get(keep_input, ())) != 1):
+                return False
+            self.remove(idx)
+            pn = self.node(p)
+            self.set_output(p, list(pn.output).index(keep_input), out)
+            return True
+        self.remove(idx)
+        self.replace_uses(out, keep_input)
+        return True
+
+    # ----------------------------------------------------------------- finish
+
+    def finish(self) -> onnx.ModelProto:
+        """Write the edited graph back into the model: topological order, no dead initializers,
+        no stale value_info."""
+        g = self.model.graph
+        order = self._topo_order()
+        used: set[str] = set(self.sub_refs) | self.graph_outputs
+        for idx in order:
+            used.update(i for i in self.nodes[idx].input if i)
+        new_nodes = [self.nodes[i] for i in order]
+        del g.node[:]
+        g.node.extend(new_nodes)
+        inits = [t for name, t in self.inits.items() if name in used or name in self.graph_inputs]
+        del g.initializer[:]
+        g.initializer.extend(inits)
+        produced = {o for n in new_nodes for o in n.output}
+        keep = [vi for vi in g.value_info if vi.name in produced and vi.name not in self.touched]
+        del g.value_info[:]
+        g.value_info.extend(keep)
+        return self.model
+
+    def _topo_order(self) -> list[int]:
+        alive = self.alive()
+        avail = set(self.graph_inputs) | set(self.inits) | {""}
+        indeg: dict[int, int] = {}
+        waiting: dict[str, list[int]] = defaultdict(list)
+        for idx in alive:
+            missing = {i for i in self.nodes[idx].input if i not in avail and i in self.producer}
+            indeg[idx] = len(missing)
+            for m in missing:
+                waiting[m].append(idx)
+        import heapq
+
+        ready = [i for i in alive if indeg[i] == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            idx = heapq.heappop(ready)
+            order.append(idx)
+            for o in self.nodes[idx].output:
+                for w in waiting.pop(o, ()):
+                    indeg[w] -= 1
+                    if indeg[w] == 0:
+                        heapq.heappush(ready, w)
+        if len(order) != len(alive):
+            raise InputError("the graph has a cycle or a node reads a tensor nobody produces")
+        return order
+
+
+# --------------------------------------------------------------------- shapes
+
+def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
+    """Static shapes by ONNX shape inference on a light copy (large float weights left out).
+
+    Dims are ints, or strings/None where symbolic. Failure only means "shapes unknown".
+    """
+    g = model.graph
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    lg = light.graph
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    have_inputs = {i.name for i in g.input}
+    for t in g.initializer:
+        if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) or np.prod(t.dims) <= 16:
+            lg.initializer.append(t)
+        elif t.name not in have_inputs:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    shapes: dict[str, tuple | None] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+    except Exception as exc:  # inference is best effort
+        logger.debug("shape inference failed: %s", exc)
+        inferred = light
+    vis = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    for vi in vis:
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape"):
+            shapes[vi.name] = None
+            continue
+        dims = []
+        for d in tt.shape.dim:
+            dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
+        shapes[vi.name] = tuple(dims)
+    return shapes
+
+
+# --------------------------------------------------------------------- rules
+
+@dataclass
+class PassResult:
+    """What one pass did: whether it changed the model, how often each rule fired, and why others
+    refused."""
+
+    changed: bool = False
+    applied: Counter = field(default_factory=Counter)
+    refusals: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+
+    def merge(self, other: PassResult) -> None:
+        self.changed = self.changed or other.changed
+        self.applied.update(other.applied)
+        self.refusals.extend(other.refusals)
+        self.decisions.extend(other.decisions)
+
+
+class Rule:
+    """One rewrite: `match` finds the anchor, `check` returns a refusal reason or None, `rewrite`
+    edits the graph. Subclasses set `name` and `anchors` (op types of the anchor node)."""
+
+    name = "rule"
+    anchors: tuple[str, ...] = ()
+
+    def match(self, g: Graph, idx: int):
+        raise NotImplementedError
+
+    def check(self, g: Graph, m) -> str | None:
+        return None
+
+    def rewrite(self, g: Graph, m, result: PassResult) -> None:
+        raise NotImplementedError
+
+
+def run_rules(g: Graph, rules: list[Rule], result: PassResult) -> None:
+    """Try each rule at each live node once (nodes created by a rewrite are visited too)."""
+    idx = 0
+    while idx < len(g.nodes):
+        for rule in rules:
+            n = g.nodes[idx]
+            if n is None:
+                break
+            if rule.anchors and n.op_type not in rule.anchors:
+                continue
+            m = rule.match(g, idx)
+            if m is None:
+                continue
+            reason = rule.check(g, m)
+            if reason is not None:
+                result.refusals.append(f"{rule.name} @ {g.label(idx)}: {reason}")
+                logger.debug("%s @ %s refused: %s", rule.name, g.label(idx), reason)
+                continue
+            logger.debug("%s @ %s", rule.name, g.label(idx))
+            rule.rewrite(g, m, result)
+            result.applied[rule.name] += 1
+            result.changed = True
+        idx += 1
+
+
+# --------------------------------------------------------------------- helpers for affine ops
+
+def float_dtype(arr: np.ndarray) -> bool:
+    return np.issubdtype(arr.dtype, np.floating)
+
+
+def channel_vector(c: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """If constant `c` broadcast against a rank-`rank` tensor varies only along `axis` (with
+    `channels` entries), return it as a (channels,) vector; else None."""
+    if c.ndim > rank:
+        return None
+    shape = (1,) * (rank - c.ndim) + tuple(c.shape)
+    ax = axis % rank
+    for i, d in enumerate(shape):
+        if i != ax and d != 1:
+            return None
+    if shape[ax] not in (1, channels):
+        return None
+    return np.broadcast_to(c.reshape(-1), (channels,)).astype(np.float64) if c.size in (1, channels) else None

@@ -1,0 +1,162 @@
+"""Canonical form for the other passes: constants as initializers, no no-op nodes.
+
+Rules:
+
+``constant_to_initializer``
+    Before: ``Constant(value=T) -> y``.  After: initializer ``y = T``.
+    Conditions: the value is a dense tensor (or value_float(s)/value_int(s)); ``y`` is not a
+    graph output.
+
+``remove_identity`` / ``remove_dropout``
+    Before: ``x -> Identity -> y`` (or inference ``Dropout``).  After: readers of ``y`` read ``x``.
+    Conditions: Dropout's mask output is unused and ``training_mode`` is absent or constant false;
+    if ``y`` is a graph output, the producer of ``x`` must be renameable (``x`` has one reader and
+    is not itself a graph output).
+
+``sub_const_to_add`` / ``div_const_to_mul``
+    Before: ``Sub(x, c)`` / ``Div(x, c)`` with a float constant c.
+    After: ``Add(x, -c)`` / ``Mul(x, 1 / c)``, so that affine folds see one form.
+    Formula: x - c = x + (-c); x / c = x * (1/c) (rounding differs by at most 1 ulp).
+
+``cancel_transposes``
+    Before: ``x -> Transpose(p) -> Transpose(q) -> y`` with q o p = identity.  After: ``y = x``.
+    Conditions: the intermediate has one reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from updp.onnx_passes._graph import Graph, PassResult, Rule, _const_node_value, attr, float_dtype, run_rules
+
+
+class ConstantToInitializer(Rule):
+    name = "constant_to_initializer"
+    anchors = ("Constant",)
+
+    def match(self, g, idx):
+        n = g.node(idx)
+        return idx if len(n.output) == 1 and n.output[0] not in g.graph_outputs else None
+
+    def check(self, g, idx):
+        if _const_node_value(g.node(idx)) is None:
+            return "Constant holds a sparse or string value"
+        return None
+
+    def rewrite(self, g, idx, result):
+        n = g.node(idx)
+        arr = _const_node_value(n)
+        name = n.output[0]
+        g.remove(idx)
+        g.inits[name] = numpy_helper.from_array(arr, name)
+        g._arrays[name] = arr
+
+
+class RemoveIdentity(Rule):
+    name = "remove_identity"
+    anchors = ("Identity", "Dropout")
+
+    def match(self, g, idx):
+        n = g.node(idx)
+        if n.op_type == "Dropout":
+            if len(n.output) > 1 and n.output[1] and g.uses(n.output[1]):
+                return None  # mask is used: not a no-op
+            if len(n.input) > 2 and n.input[2]:
+                tm = g.const(n.input[2])
+                if tm is None or bool(tm):
+                    return None  # training mode may be on
+        return idx
+
+    def check(self, g, idx):
+        n = g.node(idx)
+        out, src = n.output[0], n.input[0]
+        if out in g.graph_outputs:
+            p = g.producer_of(src)
+            if p is None or src in g.graph_outputs or len(g.consumers.get(src, ())) != 1:
+                return "output is a graph output and its source cannot be renamed"
+        return None
+
+    def rewrite(self, g, idx, result):
+        n = g.node(idx)
+        if n.op_type == "Dropout":
+            g.truncate_inputs(idx, 1)
+        ok = g.bypass(idx, n.input[0])
+        assert ok
+
+
+class ConstArithmetic(Rule):
+    """Sub(x, c) -> Add(x, -c); Div(x, c) -> Mul(x, 1/c)."""
+
+    name = "const_arith_to_affine"
+    anchors = ("Sub", "Div")
+
+    def match(self, g, idx):
+        n = g.node(idx)
+        c = g.const(n.input[1])
+        if c is None or g.const(n.input[0]) is not None or not float_dtype(c):
+            return None
+        return idx
+
+    def check(self, g, idx):
+        n = g.node(idx)
+        c = g.const(n.input[1])
+        if n.op_type == "Div" and np.any(c == 0):
+            return "divisor has zeros"
+        return None
+
+    def rewrite(self, g, idx, result):
+        n = g.node(idx)
+        c = g.const(n.input[1]).astype(np.float64)
+        dtype = g.const(n.input[1]).dtype
+        new = (-c if n.op_type == "Sub" else 1.0 / c).astype(dtype)
+        name = g.add_init(new, n.input[1] + ("_neg" if n.op_type == "Sub" else "_recip"))
+        g.set_input(idx, 1, name)
+        n.op_type = "Add" if n.op_type == "Sub" else "Mul"
+
+
+def perm_inverse(p):
+    inv = [0] * len(p)
+    for i, v in enumerate(p):
+        inv[v] = i
+    return inv
+
+
+class CancelTransposes(Rule):
+    name = "cancel_transposes"
+    anchors = ("Transpose",)
+
+    def match(self, g, idx):
+        n = g.node(idx)
+        nxt = g.single_consumer(n.output[0])
+        if nxt is None or g.node(nxt).op_type != "Transpose":
+            return None
+        p, q = attr(n, "perm"), attr(g.node(nxt), "perm")
+        if p is None or q is None or list(q) != perm_inverse(list(p)):
+            return None
+        return idx, nxt
+
+    def check(self, g, m):
+        idx, nxt = m
+        out = g.node(nxt).output[0]
+        src = g.node(idx).input[0]
+        if out in g.graph_outputs and (g.producer_of(src) is None or g.uses(src) != 1):
+            return "output is a graph output and its source cannot be renamed"
+        return None
+
+    def rewrite(self, g, m, result):
+        idx, nxt = m
+        src = g.node(idx).input[0]
+        g.remove(idx)
+        g.set_input(nxt, 0, src)  # nxt now reads src directly, then drop it too
+        assert g.bypass(nxt, src)
+
+
+RULES = [ConstantToInitializer(), RemoveIdentity(), ConstArithmetic(), CancelTransposes()]
+
+
+def canonicalize(g: Graph) -> PassResult:
+    """Run the canonicalization rules once over the graph."""
+    result = PassResult()
+    run_rules(g, RULES, result)
+    return result

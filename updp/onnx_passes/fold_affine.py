@@ -1,0 +1,215 @@
+"""Fold per-channel affines (inference BatchNorm, layer scale, BN exported as Mul + Add, bias
+Adds) into the adjacent Conv / Gemm / MatMul.
+
+``fold_affine_after_linear``
+    Before: ``Linear(x; W, b) -> A -> y`` with A = BatchNormalization | Mul(c) | Add(c)
+    After:  ``Linear(x; W', b') -> y``
+    Conditions: weight (and bias) constant; the linear's output has A as only reader; A's constant
+    varies only along the linear's output-channel axis (axis 1 of a Conv output, the last axis of
+    a Gemm/MatMul output); a BatchNormalization next to a MatMul needs a rank-2 tensor (BN acts on
+    axis 1).
+    Formula: (Wx + b) s + t = (W s) x + (b s + t)  (`identities.fold_affine_after_conv` / `_matmul`).
+
+``fold_affine_before_linear``
+    Before: ``x -> A -> [Reshape keeping the last dim] -> Linear(.; W, b) -> y``
+    After:  ``x -> [Reshape] -> Linear(.; W', b') [-> Add(border correction)] -> y``
+    Conditions: A's output has the linear as only reader (through at most one Reshape that keeps
+    the last dimension, for MatMul/Gemm); constant per input channel. For a zero-padded Conv and a
+    nonzero shift: 2-D, dilation 1, explicit pads and a static input shape, because the shift does
+    not reach the padded border: the exact form adds a constant (1, O, Ho, Wo) correction
+    computed by `identities.conv_bias_field`, emitted only if it is nonzero.
+    Formula: W(x s + t) + b = (W diag(s)) x + (W t + b)  (`identities.fold_affine_before_conv_exact`
+    / `fold_affine_before_matmul`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from updp.identities import (
+    fold_affine_after_conv,
+    fold_affine_after_matmul,
+    fold_affine_before_conv,
+    fold_affine_before_conv_exact,
+    fold_affine_before_matmul,
+)
+from updp.onnx_passes._graph import Graph, PassResult, Rule, run_rules
+from updp.onnx_passes._linear import (
+    Linear,
+    affine_vectors,
+    append_bias_add,
+    conv_params,
+    parse_affine,
+    parse_linear,
+    through_reshape,
+    write_linear,
+)
+
+AFFINE_OPS = ("BatchNormalization", "Mul", "Add")
+
+
+def _nonzero(v: np.ndarray) -> bool:
+    return bool(np.any(v != 0))
+
+
+class FoldAffineAfter(Rule):
+    name = "fold_affine_after_linear"
+    anchors = AFFINE_OPS
+
+    def match(self, g, idx):
+        a = parse_affine(g, idx)
+        if a is None:
+            return None
+        p = g.producer_of(a.x)
+        if p is None:
+            return None
+        pn = g.node(p)
+        if pn.op_type == "Add":  # maybe the bias Add of a MatMul unit
+            q = next((g.producer_of(i) for i in pn.input if g.producer_of(i) is not None
+                      and g.node(g.producer_of(i)).op_type == "MatMul"), None)
+            if q is None:
+                return None
+            lin = parse_linear(g, q)
+            if not isinstance(lin, Linear) or lin.bias_idx != p:
+                return None
+            return {"a": a, "lin": lin}
+        if pn.op_type not in ("Conv", "Gemm", "MatMul"):
+            return None
+        if pn.op_type == "MatMul" and a.op == "Add":
+            return None  # this Add is the MatMul's own bias
+        lin = parse_linear(g, p, with_bias_add=False)
+        if lin is None:
+            return None
+        return {"a": a, "lin": lin}
+
+    def check(self, g, m):
+        a, lin = m["a"], m["lin"]
+        if isinstance(lin, str):
+            return lin
+        if g.single_consumer(lin.out) != a.idx:
+            return f"intermediate has {g.uses(lin.out)} consumers"
+        if lin.kind == "conv":
+            vec = affine_vectors(g, a, lin.W.ndim, 1, lin.n_out)
+        elif lin.kind == "gemm":
+            vec = affine_vectors(g, a, 2, -1, lin.n_out)
+        else:
+            vec = affine_vectors(g, a, g.rank(lin.out), -1, lin.n_out)
+        if isinstance(vec, str):
+            return vec
+        m["vec"] = vec
+        return None
+
+    def rewrite(self, g, m, result):
+        a, lin = m["a"], m["lin"]
+        s, t = m["vec"]
+        if lin.kind == "conv":
+            W, b = fold_affine_after_conv(lin.W, lin.bias, s, t)
+        else:
+            W, b = fold_affine_after_matmul(lin.W, lin.bias, s, t)
+        keep_b = lin.b is not None or _nonzero(b)
+        write_linear(g, lin, W, b if keep_b else None)
+        last = lin.bias_idx if lin.bias_idx is not None else lin.idx
+        g.remove(a.idx)
+        g.set_output(last, 0, a.out)
+        if lin.kind == "matmul" and lin.bias_idx is None and _nonzero(b):
+            append_bias_add(g, lin, b)
+
+
+class FoldAffineBefore(Rule):
+    name = "fold_affine_before_linear"
+    anchors = AFFINE_OPS
+
+    def match(self, g, idx):
+        a = parse_affine(g, idx)
+        if a is None:
+            return None
+        r, c = through_reshape(g, a.out)
+        if c is None:
+            return None
+        cn = g.node(c)
+        if cn.op_type not in ("Conv", "Gemm", "MatMul"):
+            return None
+        src = g.node(r).output[0] if r is not None else a.out
+        if cn.input[0] != src or (r is not None and cn.op_type == "Conv"):
+            return None
+        if cn.op_type == "MatMul" and cn.input[1] == src:
+            return None
+        lin = parse_linear(g, c)
+        if lin is None:
+            return None
+        return {"a": a, "r": r, "lin": lin}
+
+    def check(self, g, m):
+        a, r, lin = m["a"], m["r"], m["lin"]
+        if isinstance(lin, str):
+            return lin
+        if lin.kind == "conv":
+            groups = conv_params(g, lin.idx)[0]
+            vec = affine_vectors(g, a, lin.W.ndim, 1, lin.W.shape[1] * groups)
+        else:
+            rank = 2 if (lin.kind == "gemm" and r is None) else g.rank(a.out)
+            vec = affine_vectors(g, a, rank, -1, lin.n_in)
+        if isinstance(vec, str):
+            return vec
+        s, t = vec
+        extra = None
+        if lin.kind == "conv" and _nonzero(t):
+            groups, strides, pads, dil, auto_pad = conv_params(g, lin.idx)
+            if auto_pad not in ("NOTSET", "VALID"):
+                return f"auto_pad={auto_pad} hides the padding; a shift before it needs explicit pads"
+            if auto_pad == "NOTSET" and any(pads):
+                if lin.W.ndim != 4:
+                    return "shift before a padded non-2-D conv is not supported"
+                if any(d != 1 for d in dil):
+                    return "shift before a padded dilated conv is not supported"
+                shp = g.shape(a.x)
+                if shp is None or len(shp) != 4:
+                    return "dynamic spatial shape: the border correction of a shift before a padded conv needs static H, W"
+                extra = (groups, strides, pads, shp[2:])
+        m["vec"] = (s, t, extra)
+        return None
+
+    def rewrite(self, g, m, result):
+        a, r, lin = m["a"], m["r"], m["lin"]
+        s, t, extra = m["vec"]
+        reader = r if r is not None else lin.idx
+        corr = None
+        if lin.kind == "conv":
+            groups = conv_params(g, lin.idx)[0]
+            if extra is not None:
+                groups, strides, pads, hw = extra
+                W, b, corr = fold_affine_before_conv_exact(lin.W, lin.bias, s, t, groups, strides, pads, hw)
+                if corr is not None and np.max(np.abs(corr)) <= 1e-12 * (np.max(np.abs(b)) + 1e-30):
+                    corr = None
+            else:
+                W, b = fold_affine_before_conv(lin.W, lin.bias, s, t, groups)
+        else:
+            W, b = fold_affine_before_matmul(lin.W, lin.bias, s, t)
+        keep_b = lin.b is not None or _nonzero(b)
+        write_linear(g, lin, W, b if keep_b else None)
+        g.remove(a.idx)
+        g.set_input(reader, 0, a.x)
+        if lin.kind == "matmul" and lin.bias_idx is None and _nonzero(b):
+            append_bias_add(g, lin, b)
+        if corr is not None:
+            add_border_correction(g, lin.idx, corr, lin.dtype)
+
+
+def add_border_correction(g: Graph, conv_idx: int, corr: np.ndarray, dtype) -> int:
+    """Append ``Add(conv_out, corr[None])`` after a conv, keeping the conv's output name."""
+    n = g.node(conv_idx)
+    out = n.output[0]
+    mid = g.fresh(out + "_interior")
+    g.set_output(conv_idx, 0, mid)
+    cname = g.add_init(corr[None].astype(dtype), f"{n.name or 'conv'}_border_bias")
+    return g.make_node("Add", [mid, cname], [out], f"{n.name or 'Conv'}/border_bias")
+
+
+RULES = [FoldAffineAfter(), FoldAffineBefore()]
+
+
+def fold_affine(g: Graph) -> PassResult:
+    """Fold every foldable affine once (after-folds first: they never need a border field)."""
+    result = PassResult()
+    run_rules(g, RULES, result)
+    return result
