@@ -1,0 +1,286 @@
+"""Create zoo models by name, load checkpoints into them, check input sizes.
+
+Model specs are `timm:NAME`, `torchvision:NAME`, or a bare `NAME` (meaning timm). Models are
+always built with random weights (`pretrained=False` / `weights=None`): updp never downloads, and
+trained weights come from a checkpoint file (`load_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from updp.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("timm", "torchvision")
+
+# Default input sizes of torchvision models that are not 224 (the others take 224).
+_TORCHVISION_INPUT_SIZE = {"inception_v3": 299}
+
+
+@dataclass
+class ModelSpec:
+    """How a model was built, enough to rebuild it.
+
+    Attributes:
+        source: 'timm' or 'torchvision'.
+        name: the model name in that source.
+        kwargs: constructor kwargs (including `img_size`/`image_size` when set from an input size).
+        num_classes: classifier size given by the user, None for the model's default.
+        input_size: default input (C, H, W) of the model as built.
+    """
+
+    source: str
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    input_size: tuple[int, int, int] = (3, 224, 224)
+
+    @property
+    def spec(self) -> str:
+        return f"{self.source}:{self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        return d
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`'timm:resnet18'` → ('timm', 'resnet18'); a bare name means timm."""
+    spec = spec.strip()
+    if ":" in spec:
+        source, name = spec.split(":", 1)
+        source = source.strip().lower()
+        if source not in SOURCES:
+            raise InputError(f"unknown model source {source!r} in {spec!r} (use timm:NAME or torchvision:NAME)")
+        return source, name.strip()
+    return "timm", spec
+
+
+def normalize_input_size(size: int | Sequence[int]) -> tuple[int, int, int]:
+    """H, (H, W) or (C, H, W) → (C, H, W), channels defaulting to 3."""
+    if isinstance(size, int):
+        out = (3, size, size)
+    else:
+        s = tuple(int(v) for v in size)
+        if len(s) == 1:
+            out = (3, s[0], s[0])
+        elif len(s) == 2:
+            out = (3, *s)
+        elif len(s) == 3:
+            out = s
+        else:
+            raise InputError(f"input size must be H, (H, W) or (C, H, W), got {tuple(size)}")
+    if any(v <= 0 for v in out):
+        raise InputError(f"input size must be positive, got {out}")
+    return out  # type: ignore[return-value]
+
+
+def _unknown(source: str, name: str, names: list[str]) -> InputError:
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(f'{source}:{c}' for c in close)}?" if close else ""
+    return InputError(f"unknown {source} model {name!r}{hint}")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _build(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    if source == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False, **kwargs)
+    import torchvision
+
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def create_model(spec: str, *, num_classes: int | None = None,
+                 input_size: int | Sequence[int] | None = None, **kwargs: Any) -> tuple[nn.Module, ModelSpec]:
+    """Build a model with random weights (no download is possible or attempted).
+
+    Args:
+        spec: `timm:NAME`, `torchvision:NAME` or a bare timm NAME.
+        num_classes: classifier size; None keeps the model's default (1000 for ImageNet models).
+        input_size: if given, models whose constructor fixes the image size (timm ViTs:
+            `img_size`; torchvision ViTs: `image_size`) are built for it, unless the kwarg is set.
+        **kwargs: passed to the constructor, e.g. `img_size=32, patch_size=4` for a timm ViT.
+
+    Returns:
+        (model in eval mode, its `ModelSpec`).
+
+    Raises:
+        InputError: unknown name (with close matches) or kwargs the constructor rejects.
+    """
+    source, name = parse_spec(spec)
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise _unknown(source, name, timm.list_models())
+    else:
+        import torchvision
+
+        names = torchvision.models.list_models()
+        if name not in names:
+            raise _unknown(source, name, names)
+    kwargs = dict(kwargs)
+    if num_classes is not None:
+        if num_classes <= 0:
+            raise InputError(f"num_classes must be positive, got {num_classes}")
+        kwargs["num_classes"] = int(num_classes)
+    size = normalize_input_size(input_size) if input_size is not None else None
+    size_kw = "img_size" if source == "timm" else "image_size"
+    model = None
+    if size is not None and size_kw not in kwargs:
+        # Only models whose constructor takes the image size accept this kwarg.
+        try:
+            model = _build(source, name, {**kwargs, size_kw: size[1] if size[1] == size[2] else size[1:]})
+            kwargs[size_kw] = size[1] if size[1] == size[2] else list(size[1:])
+        except TypeError as e:
+            if size_kw not in str(e):
+                raise InputError(f"cannot build {source}:{name}: {_first_line(e)}") from None
+            model = None
+    if model is None:
+        try:
+            model = _build(source, name, kwargs)
+        except (TypeError, ValueError, AssertionError, RuntimeError) as e:
+            raise InputError(f"cannot build {source}:{name} with {kwargs}: {_first_line(e)}") from None
+    model.eval()
+    spec_out = ModelSpec(source=source, name=name, kwargs=kwargs, num_classes=num_classes,
+                         input_size=_default_input_size(source, name, model, kwargs))
+    return model, spec_out
+
+
+def _default_input_size(source: str, name: str, model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    key = "img_size" if source == "timm" else "image_size"
+    if key in kwargs:
+        v = kwargs[key]
+        h, w = (v, v) if isinstance(v, int) else tuple(v)
+        return (int(kwargs.get("in_chans", 3)), int(h), int(w))
+    if source == "timm":
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        size = cfg.get("input_size")
+        if size:
+            return tuple(int(s) for s in size)  # type: ignore[return-value]
+        return (3, 224, 224)
+    s = _TORCHVISION_INPUT_SIZE.get(name, 224)
+    return (3, s, s)
+
+
+def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict", "model_state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise InputError(f"{path}: not a state dict (expected a dict of tensors, or a dict with key "
+                         "'model' or 'state_dict')")
+    if any(not isinstance(k, str) for k in obj):
+        raise InputError(f"{path}: not a state dict (non-string keys)")
+    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    n = getattr(model, "num_classes", None)
+    if isinstance(n, int):
+        return n
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load a checkpoint into `model` strictly (same keys, same shapes), in place.
+
+    Reads with `torch.load(path, map_location='cpu', weights_only=True)` (no code is executed).
+    Accepts a raw state dict, or a dict holding it under 'model' / 'state_dict'.
+
+    Raises:
+        InputError: one line for a missing or unreadable file, a file that is not a state dict,
+            or a state dict of another architecture (names the missing/unexpected keys, the
+            shape mismatches, or a different class count).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint is a directory: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for a bad file
+        raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    sd = _unwrap_state_dict(obj, path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [k for k in own if k in sd and isinstance(sd[k], torch.Tensor)
+                  and isinstance(own[k], torch.Tensor) and sd[k].shape != own[k].shape]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
+        raise InputError(f"checkpoint {path} does not match the model architecture: {'; '.join(parts)}")
+    if mismatched:
+        n = _num_classes(model)
+        for k in mismatched:
+            a, b = sd[k].shape, own[k].shape
+            if (n is not None and len(a) == len(b) and len(b) >= 1 and b[0] == n and a[0] != n
+                    and a[1:] == b[1:]):
+                raise InputError(f"checkpoint {path} has {a[0]} classes, the model has {n} "
+                                 f"(key {k}): build the model with num_classes={a[0]}")
+        k = mismatched[0]
+        raise InputError(f"checkpoint {path} does not match the model architecture: {len(mismatched)} shape "
+                         f"mismatch(es), e.g. {k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+    logger.info("loaded %d tensors from %s", len(sd), path)
+    return model
+
+
+def check_input_size(model: nn.Module, spec: ModelSpec | None, size: int | Sequence[int]) -> tuple[int, ...]:
+    """Check that `model` takes inputs of `size` with one trial forward (batch 1, eval, no_grad).
+
+    Returns:
+        The output shape.
+
+    Raises:
+        InputError: one line saying why, with a hint for timm/torchvision ViTs whose image size is
+            fixed when they are built (pass the input size to `create_model`).
+    """
+    c, h, w = normalize_input_size(size)
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, c, h, w, dtype=p.dtype if p is not None else torch.float32,
+                    device=p.device if p is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:  # any failure of the trial forward means the size is not accepted
+        who = spec.spec if spec is not None else type(model).__name__
+        hint = ""
+        if spec is not None and ("img_size" in spec.kwargs or "image_size" in spec.kwargs
+                                 or hasattr(model, "patch_embed") or hasattr(model, "conv_proj")):
+            hint = " (this model fixes its image size when built: give the input size at creation)"
+        raise InputError(f"{who} cannot take input size {c}x{h}x{w}: {_first_line(e)}{hint}") from None
+    finally:
+        model.train(was_training)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    return tuple(out.shape)
