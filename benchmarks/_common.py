@@ -1,0 +1,24 @@
+"""Shared helpers for the benchmark scripts (not part of the package, not run in CI)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT))
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def save_json(name: str, payload: dict) -> Path:
+    from updp._io import write_text_atomic
+
+    path = RESULTS / name
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return path
