@@ -42,7 +42,8 @@ CASES = {
     "timm-deit-layerscale": (lambda: timm.create_model("deit_tiny_patch16_224", img_size=32, patch_size=8,
                                                        depth=2, init_values=1e-5, num_classes=10), 32, "vit"),
     "tv-vit": (_tv_vit, 32, "vit"),
-    "timm-mobilenetv2": (lambda: timm.create_model("mobilenetv2_050", num_classes=10), 32, "inverted_residual"),
+    "timm-mobilenetv2": (lambda: timm.create_model("mobilenetv2_050", num_classes=10), 32,
+                         "inverted_residual"),
     "tv-mobilenetv2": (lambda: torchvision.models.mobilenet_v2(width_mult=0.5, num_classes=10), 32,
                        "inverted_residual"),
     "timm-resnet-basic": (lambda: timm.create_model("resnet18", num_classes=10), 32, "resnet"),
@@ -95,7 +96,7 @@ def test_lambda0_each_block_bit_exact(pruned_case):
     _, model, _, originals, infos, blocks, _ = pruned_case
     set_lam(model, 0.0)
     g = torch.Generator().manual_seed(3)
-    for info, before in zip(infos, blocks):
+    for info, before in zip(infos, blocks, strict=True):
         xin = torch.randn(before.input_shape, generator=g, dtype=torch.float64)
         with torch.no_grad():
             ref = originals[info.name](xin.clone())
@@ -118,7 +119,7 @@ def test_lambda1_is_affine_up_to_end_nonlinearity(pruned_case):
     case, model, _, originals, infos, blocks, _ = pruned_case
     set_lam(model, 1.0)
     g = torch.Generator().manual_seed(4)
-    for info, before in zip(infos, blocks):
+    for info, before in zip(infos, blocks, strict=True):
         blk = model.get_submodule(info.name)
         shape = before.input_shape
         if case.endswith("vit") or "deit" in case:

@@ -62,7 +62,8 @@ def parse_spec(spec: str) -> tuple[str, str]:
         source, name = spec.split(":", 1)
         source = source.strip().lower()
         if source not in SOURCES:
-            raise InputError(f"unknown model source {source!r} in {spec!r} (use timm:NAME or torchvision:NAME)")
+            raise InputError(f"unknown model source {source!r} in {spec!r} "
+                             "(use timm:NAME or torchvision:NAME)")
         return source, name.strip()
     return "timm", spec
 
@@ -153,6 +154,9 @@ def create_model(spec: str, *, num_classes: int | None = None,
             if size_kw not in str(e):
                 raise InputError(f"cannot build {source}:{name}: {_first_line(e)}") from None
             model = None
+        except (ValueError, AssertionError, RuntimeError) as e:
+            raise InputError(f"cannot build {source}:{name} for input size {size}: "
+                             f"{_first_line(e)}") from None
     if model is None:
         try:
             model = _build(source, name, kwargs)
@@ -164,7 +168,8 @@ def create_model(spec: str, *, num_classes: int | None = None,
     return model, spec_out
 
 
-def _default_input_size(source: str, name: str, model: nn.Module, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+def _default_input_size(source: str, name: str, model: nn.Module,
+                        kwargs: dict[str, Any]) -> tuple[int, int, int]:
     key = "img_size" if source == "timm" else "image_size"
     if key in kwargs:
         v = kwargs[key]
@@ -247,7 +252,8 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
                                  f"(key {k}): build the model with num_classes={a[0]}")
         k = mismatched[0]
         raise InputError(f"checkpoint {path} does not match the model architecture: {len(mismatched)} shape "
-                         f"mismatch(es), e.g. {k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+                         f"mismatch(es), e.g. {k}: checkpoint {tuple(sd[k].shape)} "
+                         f"vs model {tuple(own[k].shape)}")
     model.load_state_dict(sd, strict=True)
     logger.info("loaded %d tensors from %s", len(sd), path)
     return model

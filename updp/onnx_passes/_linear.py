@@ -186,8 +186,8 @@ def parse_affine(g: Graph, idx: int) -> Affine | None:
         if (c0 is None) == (c1 is None):
             return None
         c, x = (c1, n.input[0]) if c1 is not None else (c0, n.input[1])
-        if not float_dtype(c):
-            return None
+        if not float_dtype(c) or sum(d > 1 for d in c.shape) > 1:
+            return None  # position-dependent constant (e.g. a border field): not a channel affine
         return Affine(idx, x, n.output[0], c.astype(np.float64), None, n.op_type)
     return None
 

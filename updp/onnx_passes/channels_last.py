@@ -21,10 +21,8 @@
 
 from __future__ import annotations
 
-import numpy as np
 from onnx import helper
 
-from updp.identities import bn_to_affine
 from updp.onnx_passes._graph import Graph, PassResult, Rule, attr, channel_vector, run_rules
 from updp.onnx_passes._linear import parse_affine, parse_linear
 from updp.onnx_passes.canonicalize import perm_inverse

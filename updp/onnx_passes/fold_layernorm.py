@@ -16,7 +16,7 @@ import numpy as np
 
 from updp.identities import fold_layernorm_affine_into_matmul
 from updp.onnx_passes._graph import Graph, PassResult, Rule, attr, run_rules
-from updp.onnx_passes._linear import Linear, append_bias_add, parse_linear, through_reshape, write_linear
+from updp.onnx_passes._linear import append_bias_add, parse_linear, through_reshape, write_linear
 
 
 class FoldLayerNormAffine(Rule):

@@ -61,6 +61,8 @@ def apply_pruning(model: nn.Module, indices: Iterable[int], lam: float = 1.0,
                              f"blocks (0..{len(found) - 1})")
     for i in indices:
         info = found[i][0]
+        if info.name == "":
+            raise UnsupportedError("the model itself is a block: wrap it in a container to prune it")
         if not info.prunable:
             raise UnsupportedError(f"block {i} ({info.name}, {info.family}) is not prunable: {info.reason}")
     for i in indices:

@@ -131,6 +131,8 @@ class ChannelBatchNorm(_BatchNorm):
         self.identity_init = identity_init
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
+        if torch.jit.is_tracing():  # shapes are traced values there; the check would only warn
+            return
         if input.dim() < 2 or input.shape[self.channel_dim] != self.num_features:
             raise ValueError(f"ChannelBatchNorm expected {self.num_features} channels on axis "
                              f"{self.channel_dim}, got shape {tuple(input.shape)}")

@@ -38,7 +38,7 @@ class PrunedBlock(nn.Module):
     end-of-block nonlinearity) and `forward`.
 
     λ is a python float; `set_lam` propagates it to every λ-module of the block. It is saved in
-    checkpoints as the block's extra state (a plain float, loadable with `weights_only=True`).
+    checkpoints as the block's extra state (a 0-d float64 tensor, loadable with `weights_only=True`).
     """
 
     family: str = ""
@@ -58,8 +58,10 @@ class PrunedBlock(nn.Module):
         for m in self._lambda_modules():
             m.set_lam(lam)
 
-    def get_extra_state(self) -> float:
-        return float(self.lam)
+    def get_extra_state(self) -> torch.Tensor:
+        # A 0-d tensor rather than a python float: the TorchScript tracer (torch.jit.trace, the
+        # ONNX exporter) detaches every state_dict value. Loads with weights_only=True.
+        return torch.tensor(self.lam, dtype=torch.float64)
 
     def set_extra_state(self, state: Any) -> None:
         self.set_lam(float(state))

@@ -39,7 +39,8 @@ from updp.pruning.registry import BlockHandler, PrunedBlock, register_block
 
 
 def _end_parts(channels: int, act: nn.Module, ref: torch.Tensor) -> tuple[ChannelBatchNorm, EndAct]:
-    end_bn = ChannelBatchNorm(channels, channel_dim=1, identity_init=True).to(device=ref.device, dtype=ref.dtype)
+    end_bn = ChannelBatchNorm(channels, channel_dim=1, identity_init=True)
+    end_bn = end_bn.to(device=ref.device, dtype=ref.dtype)
     return end_bn, EndAct(copy.deepcopy(act))
 
 
@@ -155,7 +156,8 @@ class TorchvisionCNBlockHandler(BlockHandler):
         if not (isinstance(b, nn.Sequential) and len(b) == 7 and isinstance(b[0], nn.Conv2d)
                 and isinstance(b[2], nn.LayerNorm) and isinstance(b[3], nn.Linear)
                 and isinstance(b[5], nn.Linear)):
-            return "unexpected CNBlock layout (expected DW conv, permute, LayerNorm, Linear, act, Linear, permute)"
+            return ("unexpected CNBlock layout "
+                    "(expected DW conv, permute, LayerNorm, Linear, act, Linear, permute)")
         if len(b[2].normalized_shape) != 1 or not b[2].elementwise_affine:
             return "LayerNorm must be over channels with affine"
         return None

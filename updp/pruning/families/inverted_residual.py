@@ -149,7 +149,7 @@ class PrunedTorchvisionInvertedResidual(PrunedBlock):
 
     def forward_linear(self, x: torch.Tensor) -> torch.Tensor:
         y = x
-        for cna, act in zip(self.conv[:-2], self.acts):
+        for cna, act in zip(self.conv[:-2], self.acts, strict=True):
             y = cna[0](y)
             y = cna[1](y)
             y = act(y)

@@ -22,7 +22,13 @@ from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
 from updp.pruning.modules import LambdaAct
-from updp.pruning.registry import SHORTCUT_IDENTITY, SHORTCUT_PROJECTION, BlockHandler, PrunedBlock, register_block
+from updp.pruning.registry import (
+    SHORTCUT_IDENTITY,
+    SHORTCUT_PROJECTION,
+    BlockHandler,
+    PrunedBlock,
+    register_block,
+)
 
 _TIMM_BASIC = ("conv1", "bn1", "drop_block", "aa", "conv2", "bn2", "se", "act2", "downsample",
                "drop_path")

@@ -1,0 +1,132 @@
+"""The optimization pipeline: canonicalize, then fold and merge until nothing changes.
+
+Each iteration builds one `Graph` view (one shape inference), runs every pass over it in order,
+and writes the model back. Refusals are reported from the last iteration only (earlier ones may
+be transient: a tensor created by a rewrite has no inferred shape until the next iteration).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import onnx
+
+from updp.errors import InputError
+from updp.onnx_passes._graph import Graph, PassResult
+from updp.onnx_passes.canonicalize import canonicalize
+from updp.onnx_passes.channels_last import channels_last
+from updp.onnx_passes.cost import DEFAULT_COST_MODEL, CostModel
+from updp.onnx_passes.fold_affine import fold_affine
+from updp.onnx_passes.fold_layernorm import fold_layernorm
+from updp.onnx_passes.fold_residual import fold_residual
+from updp.onnx_passes.merge_linear_chain import merge_chains
+
+logger = logging.getLogger(__name__)
+
+MIN_OPSET = 13
+
+
+@dataclass
+class OptimizeResult:
+    """What `optimize_model` did. `model` is a new ModelProto (the input is not modified)."""
+
+    model: onnx.ModelProto
+    changed: bool
+    nodes_before: int
+    nodes_after: int
+    ops_before: dict[str, int]
+    ops_after: dict[str, int]
+    applied: dict[str, int] = field(default_factory=dict)
+    refusals: list[str] = field(default_factory=list)
+    decisions: list[str] = field(default_factory=list)
+    iterations: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (without the model)."""
+        return {
+            "changed": self.changed,
+            "nodes_before": self.nodes_before,
+            "nodes_after": self.nodes_after,
+            "ops_before": dict(self.ops_before),
+            "ops_after": dict(self.ops_after),
+            "applied": dict(self.applied),
+            "refusals": list(self.refusals),
+            "decisions": list(self.decisions),
+            "iterations": self.iterations,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
+
+
+def _opset(model: onnx.ModelProto) -> int | None:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return None
+
+
+def optimize_model(model: onnx.ModelProto, *, max_iterations: int = 10,
+                   cost_model: CostModel = DEFAULT_COST_MODEL) -> OptimizeResult:
+    """Fold BatchNorm/LayerNorm/affines, rewrite channels-last sandwiches, merge linear chains
+    (cost-planned) and fold residuals, repeating until a fixed point.
+
+    Args:
+        model: any ONNX model (opset >= 13; 17+ for LayerNormalization). Not modified.
+        max_iterations: upper bound on repeat rounds.
+        cost_model: the estimates the chain planner minimizes.
+
+    Raises:
+        InputError: the model has no graph or an unsupported opset.
+    """
+    t0 = time.perf_counter()
+    if not model.graph.node:
+        raise InputError("the model has no nodes")
+    opset = _opset(model)
+    if opset is None or opset < MIN_OPSET:
+        raise InputError(f"default-domain opset {opset} is too old; export with opset >= {MIN_OPSET} (17+ recommended)")
+    work = onnx.ModelProto()
+    work.CopyFrom(model)
+    ops_before, nodes_before = _ops(model), len(model.graph.node)
+    total = PassResult()
+    last = PassResult()
+    decisions: list[str] = []
+    iterations = 0
+    # Two phases per round, each on a fresh view (fresh shapes): the planner needs the spatial
+    # sizes of tensors that the folds and the channels-last rewrite have just created.
+    phases = ((canonicalize, channels_last, fold_affine, fold_layernorm),
+              (lambda g: merge_chains(g, cost_model), fold_residual))
+    for iterations in range(1, max_iterations + 1):
+        it = PassResult()
+        for phase in phases:
+            g = Graph(work)
+            for p in phase:
+                it.merge(p(g))
+            work = g.finish()
+        total.applied.update(it.applied)
+        for d in it.decisions:
+            if d not in decisions:
+                decisions.append(d)
+        last = it
+        logger.debug("iteration %d: %s", iterations, dict(it.applied))
+        if not it.changed:
+            break
+    else:
+        logger.warning("optimization did not converge in %d iterations", max_iterations)
+    try:
+        onnx.checker.check_model(work, full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug in a rewrite, not a user error
+        raise RuntimeError(f"optimized model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    refusals = list(dict.fromkeys(last.refusals))
+    res = OptimizeResult(work, bool(total.applied), nodes_before, len(work.graph.node), ops_before, _ops(work),
+                         dict(sorted(total.applied.items())), refusals, decisions, iterations,
+                         time.perf_counter() - t0)
+    logger.info("optimize: %d -> %d nodes in %d iterations (%.2fs): %s", res.nodes_before, res.nodes_after,
+                iterations, res.seconds, res.applied)
+    return res
