@@ -35,8 +35,17 @@ def _model(x_shape, build):
     def conv(x, cin, cout, k, stride=1, groups=1):
         y = f"t{len(nodes)}"
         W = rng.standard_normal((cout, cin // groups, k, k)) * 0.1
-        nodes.append(helper.make_node("Conv", [x, const(W), const(rng.standard_normal(cout))], [y],
-                                      kernel_shape=[k, k], pads=[k // 2] * 4, strides=[stride] * 2, group=groups))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, const(W), const(rng.standard_normal(cout))],
+                [y],
+                kernel_shape=[k, k],
+                pads=[k // 2] * 4,
+                strides=[stride] * 2,
+                group=groups,
+            )
+        )
         return y
 
     def matmul(x, k, n):
@@ -48,8 +57,13 @@ def _model(x_shape, build):
     out = build(conv, matmul)
     nodes[-1].output[0] = "y"
     del out
-    g = helper.make_graph(nodes, "alt", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    g = helper.make_graph(
+        nodes,
+        "alt",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
     m.ir_version = 9
     return onnx.shape_inference.infer_shapes(m)
@@ -58,28 +72,60 @@ def _model(x_shape, build):
 def cases():
     out = []
     for c, hw in ((96, 56), (384, 14)):
-        out.append((f"ConvNeXt C={c} {hw}x{hw}", (1, c, hw, hw), {
-            "DW7x7 + PW CxC": lambda conv, mm, c=c: conv(conv("x", c, c, 7, groups=c), c, c, 1),
-            "dense 7x7": lambda conv, mm, c=c: conv("x", c, c, 7),
-        }))
+        out.append(
+            (
+                f"ConvNeXt C={c} {hw}x{hw}",
+                (1, c, hw, hw),
+                {
+                    "DW7x7 + PW CxC": lambda conv, mm, c=c: conv(conv("x", c, c, 7, groups=c), c, c, 1),
+                    "dense 7x7": lambda conv, mm, c=c: conv("x", c, c, 7),
+                },
+            )
+        )
     for c, hw, s in ((24, 56, 1), (32, 28, 1), (64, 14, 1), (96, 14, 1), (160, 7, 1), (24, 56, 2)):
         h = 6 * c
-        out.append((f"MBV2 t=6 C={c} {hw}x{hw} s{s}", (1, c, hw, hw), {
-            "PW-DW-PW": lambda conv, mm, c=c, h=h, s=s: conv(conv(conv("x", c, h, 1), h, h, 3, s, groups=h), h, c, 1),
-            "dense 3x3": lambda conv, mm, c=c, s=s: conv("x", c, c, 3, s),
-        }))
-    out.append(("MBV2 t=1 C=32->16 112x112", (1, 32, 112, 112), {
-        "DW-PW": lambda conv, mm: conv(conv("x", 32, 32, 3, groups=32), 32, 16, 1),
-        "dense 3x3": lambda conv, mm: conv("x", 32, 16, 3),
-    }))
-    out.append(("ResNet bottleneck 256-64-64-256 56x56", (1, 256, 56, 56), {
-        "separate": lambda conv, mm: conv(conv(conv("x", 256, 64, 1), 64, 64, 3), 64, 256, 1),
-        "dense 3x3": lambda conv, mm: conv("x", 256, 256, 3),
-    }))
-    out.append(("ViT MLP D=192 N=197", (1, 197, 192), {
-        "fc1 + fc2": lambda conv, mm: mm(mm("x", 192, 768), 768, 192),
-        "merged DxD": lambda conv, mm: mm("x", 192, 192),
-    }))
+        out.append(
+            (
+                f"MBV2 t=6 C={c} {hw}x{hw} s{s}",
+                (1, c, hw, hw),
+                {
+                    "PW-DW-PW": lambda conv, mm, c=c, h=h, s=s: conv(
+                        conv(conv("x", c, h, 1), h, h, 3, s, groups=h), h, c, 1
+                    ),
+                    "dense 3x3": lambda conv, mm, c=c, s=s: conv("x", c, c, 3, s),
+                },
+            )
+        )
+    out.append(
+        (
+            "MBV2 t=1 C=32->16 112x112",
+            (1, 32, 112, 112),
+            {
+                "DW-PW": lambda conv, mm: conv(conv("x", 32, 32, 3, groups=32), 32, 16, 1),
+                "dense 3x3": lambda conv, mm: conv("x", 32, 16, 3),
+            },
+        )
+    )
+    out.append(
+        (
+            "ResNet bottleneck 256-64-64-256 56x56",
+            (1, 256, 56, 56),
+            {
+                "separate": lambda conv, mm: conv(conv(conv("x", 256, 64, 1), 64, 64, 3), 64, 256, 1),
+                "dense 3x3": lambda conv, mm: conv("x", 256, 256, 3),
+            },
+        )
+    )
+    out.append(
+        (
+            "ViT MLP D=192 N=197",
+            (1, 197, 192),
+            {
+                "fc1 + fc2": lambda conv, mm: mm(mm("x", 192, 768), 768, 192),
+                "merged DxD": lambda conv, mm: mm("x", 192, 192),
+            },
+        )
+    )
     return out
 
 

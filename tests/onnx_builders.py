@@ -36,19 +36,36 @@ class Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, name=name, **attrs))
         return outs[0]
 
-    def conv(self, x: str, cin: int, cout: int, k: int = 1, stride: int = 1, pad: int | None = None,
-             groups: int = 1, bias: bool = True, name: str | None = None, W=None) -> str:
+    def conv(
+        self,
+        x: str,
+        cin: int,
+        cout: int,
+        k: int = 1,
+        stride: int = 1,
+        pad: int | None = None,
+        groups: int = 1,
+        bias: bool = True,
+        name: str | None = None,
+        W=None,
+    ) -> str:
         pad = (k // 2) if pad is None else pad
         W = self.rand(cout, cin // groups, k, k) if W is None else W
         ins = [x, self.const(W)]
         if bias:
             ins.append(self.const(self.rand(cout)))
-        return self.op("Conv", ins, name, kernel_shape=[k, k], strides=[stride, stride],
-                       pads=[pad] * 4, group=groups)
+        return self.op(
+            "Conv", ins, name, kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=groups
+        )
 
     def bn_stats(self, c: int):
         """Randomized BN statistics: gamma, beta, mean, var (var in [0.5, 2])."""
-        return (1 + self.rand(c), self.rand(c), self.rand(c), self.rng.uniform(0.5, 2.0, c).astype(np.float32))
+        return (
+            1 + self.rand(c),
+            self.rand(c),
+            self.rand(c),
+            self.rng.uniform(0.5, 2.0, c).astype(np.float32),
+        )
 
     def bn(self, x: str, c: int, name: str | None = None) -> str:
         g, b, m, v = self.bn_stats(c)
@@ -70,9 +87,14 @@ class Builder:
             y = self.op("Add", [self.const(self.rand(n)), y], name + "/Add")
         return y
 
-    def model(self, inputs: dict[str, tuple], outputs: dict[str, tuple | None], check: bool = True) -> onnx.ModelProto:
+    def model(
+        self, inputs: dict[str, tuple], outputs: dict[str, tuple | None], check: bool = True
+    ) -> onnx.ModelProto:
         ins = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()]
-        outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s) if s else None) for n, s in outputs.items()]
+        outs = [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s) if s else None)
+            for n, s in outputs.items()
+        ]
         graph = helper.make_graph(self.nodes, "test", ins, outs, self.inits)
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
         m.ir_version = 9

@@ -27,12 +27,14 @@ def naive_conv(x, W, b, stride, pads, groups):
         g = oc // og
         for i in range(ho):
             for j in range(wo):
-                patch = xp[g * cg:(g + 1) * cg, i * stride:i * stride + kh, j * stride:j * stride + kw]
+                patch = xp[g * cg : (g + 1) * cg, i * stride : i * stride + kh, j * stride : j * stride + kw]
                 y[oc, i, j] = np.sum(patch * W[oc]) + (b[oc] if b is not None else 0)
     return y
 
 
-@pytest.mark.parametrize("groups,stride,pads", [(1, 1, (1, 1, 1, 1)), (2, 2, (0, 1, 2, 1)), (4, 1, (3, 3, 3, 3))])
+@pytest.mark.parametrize(
+    "groups,stride,pads", [(1, 1, (1, 1, 1, 1)), (2, 2, (0, 1, 2, 1)), (4, 1, (3, 3, 3, 3))]
+)
 def test_conv2d_ref_matches_naive(groups, stride, pads):
     x, W, b = r(4, 7, 6), r(8, 4 // groups, 3, 3), r(8)
     ref = naive_conv(x, W, b, stride, pads, groups)
@@ -54,8 +56,10 @@ def test_fold_affine_after_conv(groups):
     np.testing.assert_allclose(I.conv2d_ref(x, W2, b2, 1, 1, groups), ref, atol=TOL)
 
 
-@pytest.mark.parametrize("groups,stride,pads", [(1, 1, (0, 0, 0, 0)), (1, 2, (1, 1, 1, 1)), (4, 1, (3, 3, 3, 3)),
-                                                (2, 2, (1, 0, 2, 1))])
+@pytest.mark.parametrize(
+    "groups,stride,pads",
+    [(1, 1, (0, 0, 0, 0)), (1, 2, (1, 1, 1, 1)), (4, 1, (3, 3, 3, 3)), (2, 2, (1, 0, 2, 1))],
+)
 def test_fold_affine_before_conv_exact(groups, stride, pads):
     k = 7 if pads[0] == 3 else 3
     x, W, b, s, t = r(4, 5, 6), r(8, 4 // groups, k, k), r(8), r(4), r(4)
@@ -94,12 +98,14 @@ def test_compose_matmul_and_identity():
 
 def test_dense_kernel():
     x, W = r(6, 5, 5), r(6, 2, 3, 3)
-    np.testing.assert_allclose(I.conv2d_ref(x, I.dense_kernel(W, 3), None, 1, 1, 1),
-                               I.conv2d_ref(x, W, None, 1, 1, 3), atol=TOL)
+    np.testing.assert_allclose(
+        I.conv2d_ref(x, I.dense_kernel(W, 3), None, 1, 1, 1), I.conv2d_ref(x, W, None, 1, 1, 3), atol=TOL
+    )
 
 
-@pytest.mark.parametrize("s1,s2,k1,k2,p1", [(1, 1, 3, 3, 1), (2, 1, 3, 3, 1), (1, 2, 1, 3, 0), (2, 2, 3, 1, 1),
-                                            (2, 1, 3, 5, 0)])
+@pytest.mark.parametrize(
+    "s1,s2,k1,k2,p1", [(1, 1, 3, 3, 1), (2, 1, 3, 3, 1), (1, 2, 1, 3, 0), (2, 2, 3, 1, 1), (2, 1, 3, 5, 0)]
+)
 def test_compose_conv_kernels_unpadded_second(s1, s2, k1, k2, p1):
     x, W1, W2 = r(3, 15, 14), r(4, 3, k1, k1), r(5, 4, k2, k2)
     pads1 = (p1, p1, p1, p1)
@@ -120,8 +126,9 @@ def test_compose_pointwise_then_padded(s2):
 def test_compose_1x1_after():
     x, W1, W2 = r(3, 6, 6), r(4, 3, 3, 3), r(5, 4, 1, 1)
     K = I.compose_1x1_after(W1, W2)
-    np.testing.assert_allclose(I.conv2d_ref(x, K, None, 1, 1), I.conv2d_ref(I.conv2d_ref(x, W1, None, 1, 1), W2),
-                               atol=TOL)
+    np.testing.assert_allclose(
+        I.conv2d_ref(x, K, None, 1, 1), I.conv2d_ref(I.conv2d_ref(x, W1, None, 1, 1), W2), atol=TOL
+    )
 
 
 def test_compose_depthwise():
@@ -140,8 +147,9 @@ def test_add_identity_to_kernel_centre(groups):
 
 def test_conv_bias_field_is_conv_of_field():
     W, f = r(3, 2, 3, 3), r(2, 4, 5)
-    np.testing.assert_allclose(I.conv_bias_field(f, W, 2, (1, 1, 1, 1)), naive_conv(f, W, None, 2, (1, 1, 1, 1), 1),
-                               atol=TOL)
+    np.testing.assert_allclose(
+        I.conv_bias_field(f, W, 2, (1, 1, 1, 1)), naive_conv(f, W, None, 2, (1, 1, 1, 1), 1), atol=TOL
+    )
 
 
 def test_errors():

@@ -31,6 +31,7 @@ def unchanged(model):
 
 # ------------------------------------------------------------------ BN after conv / gemm
 
+
 @pytest.mark.parametrize("groups", [1, 4])
 def test_bn_after_conv_folds(groups):
     b = Builder(1)
@@ -66,6 +67,7 @@ def test_bn_after_gemm_and_bias_add_after_matmul():
 
 # ------------------------------------------------------------------ BN before conv
 
+
 @pytest.mark.parametrize("stride,pad,k", [(1, 1, 3), (2, 1, 3), (1, 3, 7), (1, 0, 3)])
 def test_bn_before_padded_conv_is_exact(stride, pad, k):
     b = Builder(4)
@@ -96,6 +98,7 @@ def test_affine_before_rank3_matmul():
 
 # ------------------------------------------------------------------ LayerNorm affine
 
+
 def test_layernorm_affine_into_matmul():
     b = Builder(7)
     y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(8)), b.const(b.rand(8))], axis=-1)
@@ -117,6 +120,7 @@ def test_layernorm_not_last_axis_refused():
 
 
 # ------------------------------------------------------------------ negatives
+
 
 def test_bn_before_padded_conv_dynamic_shape_refused():
     b = Builder(9)
@@ -163,12 +167,14 @@ def test_bn_training_mode_not_touched():
     b = Builder(14)
     g, be, mu, v = b.bn_stats(4)
     y = b.conv("x", 4, 4, 1)
-    b.rename_output(b.op("BatchNormalization", [y] + [b.const(a) for a in (g, be, mu, v)], training_mode=1,
-                         n_out=3), "y")
+    b.rename_output(
+        b.op("BatchNormalization", [y] + [b.const(a) for a in (g, be, mu, v)], training_mode=1, n_out=3), "y"
+    )
     unchanged(b.model({"x": (2, 4, 3, 3)}, {"y": (2, 4, 3, 3)}))
 
 
 # ------------------------------------------------------------------ regressions
+
 
 def test_shared_weight_is_not_changed_for_the_other_user():
     b = Builder(15)
@@ -182,8 +188,10 @@ def test_shared_weight_is_not_changed_for_the_other_user():
     names = {n.name: n for n in res.model.graph.node}
     assert "shared_w" in [i for n in names.values() for i in n.input]
     w = next(t for t in res.model.graph.initializer if t.name == "shared_w")
-    np.testing.assert_array_equal(onnx.numpy_helper.to_array(w), onnx.numpy_helper.to_array(
-        next(t for t in m.graph.initializer if t.name == "shared_w")))
+    np.testing.assert_array_equal(
+        onnx.numpy_helper.to_array(w),
+        onnx.numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "shared_w")),
+    )
 
 
 def test_name_clash_with_generated_names():
@@ -198,7 +206,9 @@ def test_name_clash_with_generated_names():
 
 def test_constant_nodes_identity_dropout_sub_div():
     b = Builder(17)
-    c = b.op("Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [1, 4, 1, 1], b.rand(4).tolist()))
+    c = b.op(
+        "Constant", [], value=helper.make_tensor("v", TensorProto.FLOAT, [1, 4, 1, 1], b.rand(4).tolist())
+    )
     y = b.op("Identity", [b.conv("x", 4, 4, 1)])
     y = b.op("Dropout", [y])
     y = b.op("Sub", [y, c])

@@ -30,6 +30,7 @@ def weight_of(model, node):
 
 # ------------------------------------------------------------------ MobileNetV2-like
 
+
 def mbv2_block(c=8, t=6, stride=1, hw=(5, 6), residual=True, seed=0):
     b = Builder(seed)
     h = c * t
@@ -60,7 +61,8 @@ def test_mbv2_t1_dw_pw_kept_separate():
     b = Builder(1)
     y = b.bn(b.conv("x", 32, 32, 3, groups=32, name="/blk/dw/Conv"), 32)
     b.rename_output(b.bn(b.conv(y, 32, 16, 1, name="/blk/pw/Conv"), 16), "y")
-    res = optimized(b.model({"x": (1, 32, 8, 8)}, {"y": None}))
+    # realistic size: at 8x8 per-op overhead dominates and merging is (correctly) cheaper
+    res = optimized(b.model({"x": (1, 32, 56, 56)}, {"y": None}))
     assert op_counts(res.model) == {"Conv": 2}
     assert any("separate is cheapest" in r for r in res.refusals), res.refusals
 
@@ -108,6 +110,7 @@ def test_depthwise_chain_stays_depthwise():
 
 
 # ------------------------------------------------------------------ ConvNeXt-like sandwich
+
 
 def convnext_block(c=32, hw=(6, 7), interior=None, seed=6):
     b = Builder(seed)
@@ -166,6 +169,7 @@ def test_transpose_pair_cancels():
 
 # ------------------------------------------------------------------ ViT-like token MLP
 
+
 def vit_mlp(d=16, n=5, hidden=64, seed=8):
     b = Builder(seed)
     y = b.op("Transpose", ["x"], "/blocks.2/Transpose", perm=[0, 2, 1])
@@ -196,8 +200,10 @@ def test_vit_mlp_onnxsim_gemm_form():
     y = b.op("Gemm", [y, b.const(b.rand(16, 64)), b.const(b.rand(16))], "Gemm_2", transB=1)
     y = b.op("Reshape", [y, "back"])
     b.rename_output(b.op("Add", ["x", y]), "y")
-    b.inits = [t if t.name != "flat" else numpy_helper.from_array(np.array([-1, d], np.int64), "flat")
-               for t in b.inits]
+    b.inits = [
+        t if t.name != "flat" else numpy_helper.from_array(np.array([-1, d], np.int64), "flat")
+        for t in b.inits
+    ]
     b.inits.append(numpy_helper.from_array(np.array([2, n, d], np.int64), "back"))
     del shp
     res = optimized(b.model({"x": (2, n, d)}, {"y": None}))
@@ -206,15 +212,16 @@ def test_vit_mlp_onnxsim_gemm_form():
 
 def test_matmul_bottleneck_kept_separate():
     b = Builder(10)
-    y = b.matmul("x", 64, 4)
-    b.rename_output(b.matmul(y, 4, 64), "y")
-    res = optimized(b.model({"x": (1, 10, 64)}, {"y": None}))
+    y = b.matmul("x", 384, 32)
+    b.rename_output(b.matmul(y, 32, 384), "y")
+    res = optimized(b.model({"x": (1, 196, 384)}, {"y": None}))
     # the first bias moves into the second (b1 W2 + b2); the product is not formed
     assert op_counts(res.model) == {"MatMul": 2, "Add": 1}
     assert any("separate is cheapest" in r for r in res.refusals), res.refusals
 
 
 # ------------------------------------------------------------------ residual folds
+
 
 @pytest.mark.parametrize("groups", [1, 8])
 def test_residual_into_conv_centre(groups):
@@ -235,8 +242,10 @@ def test_residual_refusals(case):
     elif case == "channels":
         y = b.op("Add", [b.conv("x", 8, 8, 1), b.conv(b.conv("x", 8, 4, 1), 4, 8, 1)])
     else:
-        y = b.op("Add", ["x", b.op("Conv", ["x", b.const(b.rand(8, 8, 3, 3))], kernel_shape=[3, 3],
-                                          pads=[2, 0, 0, 2])])
+        y = b.op(
+            "Add",
+            ["x", b.op("Conv", ["x", b.const(b.rand(8, 8, 3, 3))], kernel_shape=[3, 3], pads=[2, 0, 0, 2])],
+        )
     b.rename_output(y, "y")
     m = b.model({"x": (1, 8, 5, 6)}, {"y": None})
     res = optimize_model(m)
@@ -246,12 +255,24 @@ def test_residual_refusals(case):
 
 # ------------------------------------------------------------------ pipeline contract
 
+
 def test_pipeline_contract_idempotent_and_clean():
     m = mbv2_block(c=8, t=6)
-    m.graph.value_info.append(helper.make_tensor_value_info("/blk/dw/Conv_out0", onnx.TensorProto.FLOAT, [1, 48, 5, 6]))
+    m.graph.value_info.append(
+        helper.make_tensor_value_info("/blk/dw/Conv_out0", onnx.TensorProto.FLOAT, [1, 48, 5, 6])
+    )
     res = optimized(m)
     d = res.to_dict()
-    for k in ("changed", "nodes_before", "nodes_after", "ops_before", "ops_after", "applied", "refusals", "decisions"):
+    for k in (
+        "changed",
+        "nodes_before",
+        "nodes_after",
+        "ops_before",
+        "ops_after",
+        "applied",
+        "refusals",
+        "decisions",
+    ):
         assert k in d
     assert res.nodes_after < res.nodes_before
     assert [i.name for i in res.model.graph.input] == ["x"]

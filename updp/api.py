@@ -212,13 +212,12 @@ def _load_weights(module, checkpoint: str):
 
 
 def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportResult:
-    """Export a (pruned) model to ONNX, merge the pruned blocks, verify, and write `out`.
+    """Export a (pruned) zoo model to ONNX, merge the pruned blocks, verify, and write `out`.
 
     Raises:
         InputError, UnsupportedError, VerificationError: nothing is written in any of these cases.
     """
-    from updp.exporter import get_metadata, save_model, set_metadata, simplify, torch_to_onnx, versions
-    from updp.pruning import apply_pruning, find_blocks, randomize_norm_stats
+    from updp.pruning import find_blocks
     from updp.selection import select_blocks
 
     t0 = time.perf_counter()
@@ -229,7 +228,6 @@ def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportRe
                                     num_classes=opts.num_classes)
     input_shape = (opts.batch, *chw)
     plan = _load_weights(module, opts.checkpoint) if opts.checkpoint else None
-    weights = f"checkpoint {opts.checkpoint}" if opts.checkpoint else f"random (seed {opts.seed})"
     blocks = find_blocks(module, input_shape)
     if plan is not None:
         if opts.blocks or opts.prune:
@@ -241,13 +239,38 @@ def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportRe
         chosen, rule = select_blocks(module, blocks, opts.prune, input_shape)
     else:
         chosen, rule = [], "none"
-    if chosen and plan is None:
+    result = export_module(module, input_shape, chosen, out=out, already_pruned=plan is not None,
+                           random_weights=not opts.checkpoint, opts=opts, selection_rule=rule,
+                           model_label=opts.model)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen: list[int], *,
+                  out: str | Path | None = None, already_pruned: bool = False, random_weights: bool = True,
+                  opts: ExportOptions | None = None, selection_rule: str = "manual",
+                  model_label: str = "custom") -> ExportResult:
+    """Prune blocks `chosen` of an nn.Module at λ = 1, export, merge, verify, write.
+
+    This is the part of `export_model` that works on any module whose blocks updp recognizes
+    (including user-registered ones).
+    """
+    from updp.exporter import full_check, save_model, set_metadata, simplify, torch_to_onnx, versions
+    from updp.pruning import apply_pruning, find_blocks, randomize_norm_stats
+
+    opts = opts or ExportOptions(model=model_label)
+    t0 = time.perf_counter()
+    module = module.eval()
+    blocks = find_blocks(module, input_shape)
+    if chosen and not already_pruned:
         apply_pruning(module, chosen, lam=1.0)
-    if not opts.checkpoint:
+    if random_weights:
         # A latency what-if: random statistics so that the merge check is not trivially satisfied.
         randomize_norm_stats(module, seed=opts.seed)
     module.eval()
     names = [blocks[i].name for i in chosen]
+    weights = f"checkpoint {opts.checkpoint}" if opts.checkpoint else (
+        f"random (seed {opts.seed})" if random_weights else "as given")
 
     reference = simplify(torch_to_onnx(module, input_shape, dynamic_batch=opts.dynamic_batch, opset=opts.opset),
                          optimize=False)
@@ -260,28 +283,25 @@ def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportRe
         result_model, decisions, refusals = res.model, list(res.decisions), list(res.refusals)
         if opts.polish:
             result_model = simplify(result_model, optimize=True)
-    from updp.exporter import full_check
-
     full_check(result_model, "optimized model")
     max_diff = rel = None
     if opts.verify and opts.optimize:
         from updp.verify import check_equivalence
 
-        rep = check_equivalence(reference, result_model, batch=opts.batch)
+        rep = check_equivalence(reference, result_model, batch=input_shape[0])
         max_diff, rel = rep.max_abs_diff, rep.rel_diff
     set_metadata(result_model, {
-        "updp.model": opts.model, "updp.model_kwargs": opts.model_kwargs, "updp.input_shape": list(input_shape),
-        "updp.pruned_blocks": chosen, "updp.pruned_block_names": names, "updp.lambda": 1.0,
-        "updp.selection_rule": rule, "updp.weights": weights, "updp.versions": versions(),
+        "updp.model": model_label, "updp.model_kwargs": opts.model_kwargs, "updp.input_shape": list(input_shape),
+        "updp.pruned_blocks": list(chosen), "updp.pruned_block_names": names, "updp.lambda": 1.0,
+        "updp.selection_rule": selection_rule, "updp.weights": weights, "updp.versions": versions(),
         "updp.verified_max_abs_diff": max_diff if max_diff is not None else "not verified",
         "updp.block_scopes": {str(b.index): b.name for b in blocks},
     })
     if out is not None:
         save_model(result_model, out)
-    logger.debug("metadata: %s", get_metadata(result_model))
     return ExportResult(
-        out=str(out) if out else "", model=opts.model, input_shape=list(input_shape), pruned_blocks=chosen,
-        block_names=names, selection_rule=rule, weights=weights, nodes_before=len(reference.graph.node),
+        out=str(out) if out else "", model=model_label, input_shape=list(input_shape), pruned_blocks=list(chosen),
+        block_names=names, selection_rule=selection_rule, weights=weights, nodes_before=len(reference.graph.node),
         nodes_after=len(result_model.graph.node), ops_before=_op_counts(reference),
         ops_after=_op_counts(result_model), max_abs_diff=max_diff, rel_diff=rel,
         torch_max_abs_diff=torch_diff, verified=bool(opts.verify), seconds=time.perf_counter() - t0,

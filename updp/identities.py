@@ -61,8 +61,9 @@ def conv_output_size(size: int, k: int, stride: int, pad_begin: int, pad_end: in
     return (size + pad_begin + pad_end - k) // stride + 1
 
 
-def conv2d_ref(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride=1, pads=0,
-               groups: int = 1) -> np.ndarray:
+def conv2d_ref(
+    x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride=1, pads=0, groups: int = 1
+) -> np.ndarray:
     """Reference 2-D convolution (cross-correlation, ONNX semantics, zero padding, dilation 1).
 
     Loops over the kH*kW kernel taps and does one grouped matrix product per tap, so it is fast
@@ -91,7 +92,7 @@ def conv2d_ref(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride
     ho, wo = conv_output_size(h, kh, sh, pt, pb), conv_output_size(w, kw, sw, pl, pr)
     dtype = np.result_type(x.dtype, W.dtype)
     xp = np.zeros((n, c, h + pt + pb, w + pl + pr), dtype=dtype)
-    xp[:, :, pt:pt + h, pl:pl + w] = x
+    xp[:, :, pt : pt + h, pl : pl + w] = x
     og = o // groups
     out = np.zeros((n, groups, og, ho, wo), dtype=dtype)
     # Wg: (groups, O/groups, C/groups, kH, kW)
@@ -99,7 +100,7 @@ def conv2d_ref(x: np.ndarray, W: np.ndarray, b: np.ndarray | None = None, stride
     for u in range(kh):
         for v in range(kw):
             # patch: (N, groups, C/groups, Ho, Wo)
-            patch = xp[:, :, u:u + sh * (ho - 1) + 1:sh, v:v + sw * (wo - 1) + 1:sw]
+            patch = xp[:, :, u : u + sh * (ho - 1) + 1 : sh, v : v + sw * (wo - 1) + 1 : sw]
             patch = patch.reshape(n, groups, cg, ho, wo)
             out += np.einsum("ngchw,goc->ngohw", patch, Wg[:, :, :, u, v], optimize=True)
     out = out.reshape(n, o, ho, wo)
@@ -242,7 +243,7 @@ def dense_kernel(W, groups: int):
     og = o // groups
     D = np.zeros((o, cg * groups, kh, kw), dtype=W.dtype)
     for g in range(groups):
-        D[g * og:(g + 1) * og, g * cg:(g + 1) * cg] = W[g * og:(g + 1) * og]
+        D[g * og : (g + 1) * og, g * cg : (g + 1) * cg] = W[g * og : (g + 1) * og]
     return D
 
 
@@ -267,8 +268,9 @@ def compose_conv_kernels(W1, stride1, W2):
     K = np.zeros((o2, c, k1h + (k2h - 1) * sh, k1w + (k2w - 1) * sw), dtype=np.result_type(W1, W2))
     for a in range(k2h):
         for bb in range(k2w):
-            K[:, :, sh * a:sh * a + k1h, sw * bb:sw * bb + k1w] += np.einsum(
-                "pq,qcuv->pcuv", W2[:, :, a, bb], W1, optimize=True)
+            K[:, :, sh * a : sh * a + k1h, sw * bb : sw * bb + k1w] += np.einsum(
+                "pq,qcuv->pcuv", W2[:, :, a, bb], W1, optimize=True
+            )
     return K
 
 
@@ -284,7 +286,7 @@ def compose_depthwise_kernels(W1, stride1, W2):
     K = np.zeros((c, 1, k1h + (k2h - 1) * sh, k1w + (k2w - 1) * sw), dtype=np.result_type(W1, W2))
     for a in range(k2h):
         for bb in range(k2w):
-            K[:, :, sh * a:sh * a + k1h, sw * bb:sw * bb + k1w] += W2[:, :, a:a + 1, bb:bb + 1] * W1
+            K[:, :, sh * a : sh * a + k1h, sw * bb : sw * bb + k1w] += W2[:, :, a : a + 1, bb : bb + 1] * W1
     return K
 
 

@@ -59,8 +59,11 @@ def _const_node_value(node: onnx.NodeProto) -> np.ndarray | None:
 def _subgraph_names(graph: onnx.GraphProto, out: set[str]) -> None:
     for node in graph.node:
         for a in node.attribute:
-            subs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
-                list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+            subs = (
+                [a.g]
+                if a.type == onnx.AttributeProto.GRAPH
+                else (list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+            )
             for sg in subs:
                 for n in sg.node:
                     out.update(i for i in n.input if i)
@@ -125,8 +128,7 @@ class Graph:
 
     def uses(self, name: str) -> int:
         """How many places read a tensor: node inputs, graph outputs and subgraph references."""
-        return (len(self.consumers.get(name, ())) + (name in self.graph_outputs)
-                + (name in self.sub_refs))
+        return len(self.consumers.get(name, ())) + (name in self.graph_outputs) + (name in self.sub_refs)
 
     def single_consumer(self, name: str) -> int | None:
         """The index of the only reader of `name`, or None (several readers, or a graph output)."""
@@ -270,8 +272,12 @@ class Graph:
         if out in self.graph_outputs or out in self.sub_refs:
             # keep the output name: rename the producer of keep_input instead
             p = self.producer.get(keep_input)
-            if (p is None or keep_input in self.graph_outputs or keep_input in self.sub_refs
-                    or len(self.consumers.get(keep_input, ())) != 1):
+            if (
+                p is None
+                or keep_input in self.graph_outputs
+                or keep_input in self.sub_refs
+                or len(self.consumers.get(keep_input, ())) != 1
+            ):
                 return False
             self.remove(idx)
             pn = self.node(p)
@@ -333,6 +339,7 @@ class Graph:
 
 # --------------------------------------------------------------------- shapes
 
+
 def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
     """Static shapes by ONNX shape inference on a light copy (large float weights left out).
 
@@ -372,6 +379,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
 
 
 # --------------------------------------------------------------------- rules
+
 
 @dataclass
 class PassResult:
@@ -433,6 +441,7 @@ def run_rules(g: Graph, rules: list[Rule], result: PassResult) -> None:
 
 
 # --------------------------------------------------------------------- helpers for affine ops
+
 
 def float_dtype(arr: np.ndarray) -> bool:
     return np.issubdtype(arr.dtype, np.floating)

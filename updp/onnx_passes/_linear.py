@@ -24,13 +24,13 @@ from updp.onnx_passes._graph import Graph, attr, channel_vector, float_dtype
 
 @dataclass
 class Linear:
-    idx: int                 # the Conv / Gemm / MatMul node
-    kind: str                # "conv" | "gemm" | "matmul"
-    x: str                   # data input
-    W: np.ndarray            # conv: (O, C/g, kH, kW); gemm/matmul: (K, N); float64
-    b: np.ndarray | None     # (O,) / (N,) float64, None if absent
-    bias_idx: int | None     # the bias Add of a MatMul unit
-    out: str                 # output of the whole unit
+    idx: int  # the Conv / Gemm / MatMul node
+    kind: str  # "conv" | "gemm" | "matmul"
+    x: str  # data input
+    W: np.ndarray  # conv: (O, C/g, kH, kW); gemm/matmul: (K, N); float64
+    b: np.ndarray | None  # (O,) / (N,) float64, None if absent
+    bias_idx: int | None  # the bias Add of a MatMul unit
+    out: str  # output of the whole unit
     dtype: np.dtype
 
     @property
@@ -158,14 +158,15 @@ def append_bias_add(g: Graph, lin: Linear, b: np.ndarray) -> None:
 
 # ------------------------------------------------------------------------- affine nodes
 
+
 @dataclass
 class Affine:
     idx: int
-    x: str                        # data input
+    x: str  # data input
     out: str
-    const: np.ndarray | None      # Mul/Add constant (raw, broadcastable)
-    bn: tuple | None              # (scale, shift) vectors for BatchNormalization (channel axis 1)
-    op: str                       # "BatchNormalization" | "Mul" | "Add"
+    const: np.ndarray | None  # Mul/Add constant (raw, broadcastable)
+    bn: tuple | None  # (scale, shift) vectors for BatchNormalization (channel axis 1)
+    op: str  # "BatchNormalization" | "Mul" | "Add"
 
 
 def parse_affine(g: Graph, idx: int) -> Affine | None:

@@ -123,7 +123,7 @@ class ChannelsLastSandwich(Rule):
                 if C is None:
                     return "channel count unknown (dynamic shape)"
                 if c.ndim > 4 or channel_vector(c, 4, -1, C) is None:
-                    return f"{op} {n.name!r} constant of shape {tuple(c.shape)} does not act on the last axis only"
+                    return f"{op} {n.name!r}: constant {tuple(c.shape)} does not act on the last axis only"
                 ops.append(("elementwise", i, c))
             elif op == "Reshape":
                 si, so = g.shape(n.input[0]), g.shape(n.output[0])
@@ -163,8 +163,18 @@ class ChannelsLastSandwich(Rule):
                 ins = [cur, wn]
                 if lin.b is not None:
                     ins.append(g.add_init(lin.b.astype(lin.dtype), f"{name}_bias"))
-                g.add(helper.make_node("Conv", ins, [out], name=g.fresh(name), kernel_shape=[1, 1],
-                                       pads=[0, 0, 0, 0], strides=[1, 1], group=1))
+                g.add(
+                    helper.make_node(
+                        "Conv",
+                        ins,
+                        [out],
+                        name=g.fresh(name),
+                        kernel_shape=[1, 1],
+                        pads=[0, 0, 0, 0],
+                        strides=[1, 1],
+                        group=1,
+                    )
+                )
             else:
                 c = payload
                 C = c.shape[-1] if c.ndim else 1

@@ -30,20 +30,32 @@ class CostModel:
     # Fitted on single ops (ORT 1.31, 2 threads, ENABLE_ALL; NCHWc layout after ORT's transforms):
     # dense 3x3/7x7 and 1x1 convs ran at 150-210 MACs/ns; depthwise 3x3 convs are bound by the
     # activation traffic (~25-35 B/ns) with the MAC term small, 7x7 depthwise ~100 MACs/ns overall.
-    dense_macs_per_ns: float = 170.0     # im2col/NCHWc conv, pointwise conv, SGEMM
-    depthwise_macs_per_ns: float = 100.0 # per-channel filters: few MACs per byte moved
-    bytes_per_ns: float = 30.0           # effective activation + weight traffic
-    op_overhead_ns: float = 5000.0       # per node: dispatch, layout reorders, thread fork/join
+    dense_macs_per_ns: float = 170.0  # im2col/NCHWc conv, pointwise conv, SGEMM
+    depthwise_macs_per_ns: float = 100.0  # per-channel filters: few MACs per byte moved
+    bytes_per_ns: float = 30.0  # effective activation + weight traffic
+    op_overhead_ns: float = 5000.0  # per node: dispatch, layout reorders, thread fork/join
     dtype_bytes: int = 4
 
-    def conv_ns(self, cin: int, cout: int, kh: int, kw: int, groups: int, in_hw: tuple[int, int],
-                out_hw: tuple[int, int], batch: int = 1) -> float:
+    def conv_ns(
+        self,
+        cin: int,
+        cout: int,
+        kh: int,
+        kw: int,
+        groups: int,
+        in_hw: tuple[int, int],
+        out_hw: tuple[int, int],
+        batch: int = 1,
+    ) -> float:
         """Cost of one 2-D conv. W: (cout, cin/groups, kh, kw)."""
         macs = batch * out_hw[0] * out_hw[1] * cout * (cin // groups) * kh * kw
         depthwise = groups > 1 and cin // groups == 1
         rate = self.depthwise_macs_per_ns if depthwise else self.dense_macs_per_ns
-        nbytes = self.dtype_bytes * (batch * cin * in_hw[0] * in_hw[1] + batch * cout * out_hw[0] * out_hw[1]
-                                     + cout * (cin // groups) * kh * kw)
+        nbytes = self.dtype_bytes * (
+            batch * cin * in_hw[0] * in_hw[1]
+            + batch * cout * out_hw[0] * out_hw[1]
+            + cout * (cin // groups) * kh * kw
+        )
         return macs / rate + nbytes / self.bytes_per_ns + self.op_overhead_ns
 
     def matmul_ns(self, rows: int, k: int, n: int) -> float:
@@ -62,8 +74,10 @@ DEFAULT_COST_MODEL = CostModel()
 
 # ------------------------------------------------------------------------- model-level estimate
 
-def estimate_node_costs(model: onnx.ModelProto, cost_model: CostModel = DEFAULT_COST_MODEL,
-                        batch: int = 1) -> dict[str, float]:
+
+def estimate_node_costs(
+    model: onnx.ModelProto, cost_model: CostModel = DEFAULT_COST_MODEL, batch: int = 1
+) -> dict[str, float]:
     """Estimated ns per node (keyed by node name, or op_type#index when unnamed).
 
     Conv/MatMul/Gemm use the MAC/byte model; other nodes are charged for their output bytes.
@@ -79,7 +93,9 @@ def estimate_node_costs(model: onnx.ModelProto, cost_model: CostModel = DEFAULT_
         if s is None:
             c = g.const(name)
             return tuple(c.shape) if c is not None else None
-        return tuple((d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)) for i, d in enumerate(s))
+        return tuple(
+            (d if isinstance(d, int) and d > 0 else (batch if i == 0 else 1)) for i, d in enumerate(s)
+        )
 
     for idx in g.alive():
         n = g.node(idx)
@@ -107,16 +123,24 @@ def estimate_node_costs(model: onnx.ModelProto, cost_model: CostModel = DEFAULT_
     return costs
 
 
-def estimate_model_cost(model: onnx.ModelProto, cost_model: CostModel = DEFAULT_COST_MODEL,
-                        prefix: str | None = None, batch: int = 1) -> float:
+def estimate_model_cost(
+    model: onnx.ModelProto,
+    cost_model: CostModel = DEFAULT_COST_MODEL,
+    prefix: str | None = None,
+    batch: int = 1,
+) -> float:
     """Total estimated ns, optionally only over nodes whose name starts with `prefix` (a block
     scope such as ``/stages/stages.0/blocks/blocks.3/``)."""
     costs = estimate_node_costs(model, cost_model, batch)
     return math.fsum(v for k, v in costs.items() if prefix is None or k.startswith(prefix))
 
 
-def estimate_saving(before: onnx.ModelProto, after: onnx.ModelProto, prefix: str | None = None,
-                    cost_model: CostModel = DEFAULT_COST_MODEL) -> dict[str, float]:
+def estimate_saving(
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    prefix: str | None = None,
+    cost_model: CostModel = DEFAULT_COST_MODEL,
+) -> dict[str, float]:
     """Estimated cost before/after optimization (whole model or one block scope) and the ratio."""
     b = estimate_model_cost(before, cost_model, prefix)
     a = estimate_model_cost(after, cost_model, prefix)

@@ -65,8 +65,14 @@ class FoldAffineAfter(Rule):
             return None
         pn = g.node(p)
         if pn.op_type == "Add":  # maybe the bias Add of a MatMul unit
-            q = next((g.producer_of(i) for i in pn.input if g.producer_of(i) is not None
-                      and g.node(g.producer_of(i)).op_type == "MatMul"), None)
+            q = next(
+                (
+                    g.producer_of(i)
+                    for i in pn.input
+                    if g.producer_of(i) is not None and g.node(g.producer_of(i)).op_type == "MatMul"
+                ),
+                None,
+            )
             if q is None:
                 return None
             lin = parse_linear(g, q)
@@ -164,7 +170,7 @@ class FoldAffineBefore(Rule):
                     return "shift before a padded dilated conv is not supported"
                 shp = g.shape(a.x)
                 if shp is None or len(shp) != 4:
-                    return "dynamic spatial shape: the border correction of a shift before a padded conv needs static H, W"
+                    return "dynamic spatial shape: a shift before a padded conv needs static H, W"
                 extra = (groups, strides, pads, shp[2:])
         m["vec"] = (s, t, extra)
         return None

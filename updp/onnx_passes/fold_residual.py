@@ -43,8 +43,14 @@ def _unit_behind(g: Graph, t: str):
             return None
         pn = g.node(p)
     if pn.op_type == "Add":  # MatMul bias or conv border field
-        q = next((g.producer_of(i) for i in pn.input if g.producer_of(i) is not None
-                  and g.node(g.producer_of(i)).op_type in ("MatMul", "Conv")), None)
+        q = next(
+            (
+                g.producer_of(i)
+                for i in pn.input
+                if g.producer_of(i) is not None and g.node(g.producer_of(i)).op_type in ("MatMul", "Conv")
+            ),
+            None,
+        )
         if q is None:
             return None
         lin = parse_linear(g, q)
@@ -115,7 +121,9 @@ class FoldResidual(Rule):
             if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
                 return f"auto_pad={auto_pad} does not keep the size"
             if lin.W.shape[0] != lin.W.shape[1] * groups or (lin.W.shape[0] // groups) != lin.W.shape[1]:
-                return f"output channels {lin.W.shape[0]} != input channels {lin.W.shape[1] * groups} per group"
+                return (
+                    f"output channels {lin.W.shape[0]} != input channels {lin.W.shape[1] * groups} per group"
+                )
             m["groups"] = groups
         else:
             if lin.W.shape[0] != lin.W.shape[1]:

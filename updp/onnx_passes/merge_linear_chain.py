@@ -54,6 +54,7 @@ NOMINAL_HW = (32, 32)
 
 # ------------------------------------------------------------------------- planner
 
+
 def plan_segments(n: int, cost) -> tuple[list[tuple[int, int]], float]:
     """Cheapest partition of units 0..n-1 into contiguous segments.
 
@@ -77,13 +78,14 @@ def plan_segments(n: int, cost) -> tuple[list[tuple[int, int]], float]:
 
 
 def _scope(names: list[str]) -> str:
-    """" (block scope)" from the first node name, e.g. "/stages.0/blocks.3/conv_dw/Conv" -> ".../blocks.3"."""
+    """' (scope)' from the first node name: "/stages.0/blocks.3/conv_dw/Conv" -> "/stages.0/blocks.3"."""
     first = names[0]
     scope = first.rsplit("/", 2)[0] if first.count("/") >= 2 else ""
     return f" ({scope})" if scope else ""
 
 
 # ------------------------------------------------------------------------- conv units
+
 
 @dataclass
 class ConvUnit:
@@ -92,9 +94,9 @@ class ConvUnit:
     name: str
     x: str
     out: str
-    W: np.ndarray                 # (O, C/g, kH, kW) float64
-    b: np.ndarray                 # (O,)
-    field: np.ndarray | None      # (O, Ho, Wo) additive constant after the conv
+    W: np.ndarray  # (O, C/g, kH, kW) float64
+    b: np.ndarray  # (O,)
+    field: np.ndarray | None  # (O, Ho, Wo) additive constant after the conv
     groups: int
     strides: tuple[int, int]
     pads: tuple[int, int, int, int]
@@ -146,8 +148,10 @@ def parse_conv_unit(g: Graph, idx: int) -> ConvUnit | str | None:
     out_hw = None
     if in_hw is not None:
         kh, kw = lin.W.shape[2:]
-        out_hw = (conv_output_size(in_hw[0], kh, strides[0], pads[0], pads[2]),
-                  conv_output_size(in_hw[1], kw, strides[1], pads[1], pads[3]))
+        out_hw = (
+            conv_output_size(in_hw[0], kh, strides[0], pads[0], pads[2]),
+            conv_output_size(in_hw[1], kw, strides[1], pads[1], pads[3]),
+        )
     out, add_idx, field = n.output[0], None, None
     a = g.single_consumer(out)
     if a is not None and g.node(a).op_type == "Add" and out_hw is not None:
@@ -157,11 +161,25 @@ def parse_conv_unit(g: Graph, idx: int) -> ConvUnit | str | None:
         if c is not None and np.issubdtype(c.dtype, np.floating) and c.ndim <= 4:
             c4 = c.reshape((1,) * (4 - c.ndim) + c.shape)
             target = (1, lin.W.shape[0]) + out_hw
-            if all(d in (1, t) for d, t in zip(c4.shape, target)) and c4.shape[0] == 1:
+            if all(d in (1, t) for d, t in zip(c4.shape, target, strict=True)) and c4.shape[0] == 1:
                 field = np.broadcast_to(c4[0], target[1:]).astype(np.float64)
                 add_idx, out = a, an.output[0]
-    return ConvUnit(idx, add_idx, n.name or f"Conv#{idx}", n.input[0], out, lin.W, lin.bias.copy(), field,
-                    groups, tuple(strides), tuple(pads), in_hw, out_hw, lin.dtype)
+    return ConvUnit(
+        idx,
+        add_idx,
+        n.name or f"Conv#{idx}",
+        n.input[0],
+        out,
+        lin.W,
+        lin.bias.copy(),
+        field,
+        groups,
+        tuple(strides),
+        tuple(pads),
+        in_hw,
+        out_hw,
+        lin.dtype,
+    )
 
 
 def _prev_unit_output(g: Graph, x: str) -> bool:
@@ -205,8 +223,10 @@ def segment_meta(units: list[ConvUnit], i: int, j: int) -> SegMeta | str:
         u, prev = units[m], units[m - 1]
         pointwise = k == (1, 1) and s == (1, 1) and not any(pads)
         if any(u.pads) and not pointwise:
-            return (f"zero padding between convs is not exact: {u.name} pads its input {list(u.pads)} "
-                    f"and the conv(s) before it ({prev.describe()}) are not pointwise")
+            return (
+                f"zero padding between convs is not exact: {u.name} pads its input {list(u.pads)} "
+                f"and the conv(s) before it ({prev.describe()}) are not pointwise"
+            )
         if any(u.pads) and bias_live:
             needs_field = True
         if u.field is not None:
@@ -226,8 +246,10 @@ def segment_meta(units: list[ConvUnit], i: int, j: int) -> SegMeta | str:
         out_hw = in_hw
         for m in range(i, j + 1):
             u = units[m]
-            out_hw = (conv_output_size(out_hw[0], u.W.shape[2], u.strides[0], u.pads[0], u.pads[2]),
-                      conv_output_size(out_hw[1], u.W.shape[3], u.strides[1], u.pads[1], u.pads[3]))
+            out_hw = (
+                conv_output_size(out_hw[0], u.W.shape[2], u.strides[0], u.pads[0], u.pads[2]),
+                conv_output_size(out_hw[1], u.W.shape[3], u.strides[1], u.pads[1], u.pads[3]),
+            )
     return SegMeta(k, s, dw, needs_field, u0.cin, units[j].cout, in_hw, out_hw)
 
 
@@ -275,8 +297,9 @@ def build_segment(units: list[ConvUnit], i: int, j: int):
         b_new = fold_affine_before_conv(u.W, u.b, ones, b, u.groups)[1]
         new_field = None
         if any(u.pads) and np.any(b):
-            full = conv_bias_field(np.broadcast_to(b[:, None, None], (b.shape[0],) + hw), u.W, u.strides,
-                                   u.pads, u.groups)
+            full = conv_bias_field(
+                np.broadcast_to(b[:, None, None], (b.shape[0],) + hw), u.W, u.strides, u.pads, u.groups
+            )
             new_field = full + (u.b - b_new)[:, None, None]
         if field is not None:
             f2 = conv_bias_field(field, u.W, u.strides, u.pads, u.groups)
@@ -342,8 +365,10 @@ class MergeConvChain(Rule):
         plan = " + ".join(describe_segment(units, i, j) for i, j in segs)
         full_txt = f"{full / 1e3:.3g}" if full is not None else "not exact"
         chain = "\u2192".join(n_.rsplit("/", 2)[-2] if n_.count("/") >= 2 else n_ for n_ in names)
-        m["decision"] = (f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
-                         f"separate {separate / 1e3:.3g}, fully merged {full_txt})")
+        m["decision"] = (
+            f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
+            f"separate {separate / 1e3:.3g}, fully merged {full_txt})"
+        )
         m["segs"] = segs
         if all(i == j for i, j in segs):
             reasons = []
@@ -364,7 +389,7 @@ class MergeConvChain(Rule):
             K, Kg, s, pads, b, field = build_segment(units, i, j)
             first, last = units[i], units[j]
             x, y = first.x, last.out
-            for u in units[i:j + 1]:
+            for u in units[i : j + 1]:
                 g.remove(u.idx)
                 if u.add_idx is not None:
                     g.remove(u.add_idx)
@@ -373,15 +398,26 @@ class MergeConvChain(Rule):
             wn = g.add_init(K.astype(dt), f"{base}_merged_weight")
             bn = g.add_init(b.astype(dt), f"{base}_merged_bias")
             conv_out = y if field is None else g.fresh(y + "_interior")
-            g.add(helper.make_node("Conv", [x, wn, bn], [conv_out], name=g.fresh(f"{base}_merged"),
-                                   kernel_shape=list(K.shape[2:]), strides=list(s), pads=list(pads),
-                                   group=int(Kg), dilations=[1, 1]))
+            g.add(
+                helper.make_node(
+                    "Conv",
+                    [x, wn, bn],
+                    [conv_out],
+                    name=g.fresh(f"{base}_merged"),
+                    kernel_shape=list(K.shape[2:]),
+                    strides=list(s),
+                    pads=list(pads),
+                    group=int(Kg),
+                    dilations=[1, 1],
+                )
+            )
             if field is not None:
                 fn = g.add_init(field[None].astype(dt), f"{base}_merged_border_bias")
                 g.make_node("Add", [conv_out, fn], [y], f"{base}_merged/border_bias")
 
 
 # ------------------------------------------------------------------------- matmul chains
+
 
 def _rows(g: Graph, x: str) -> int | None:
     s = g.shape(x)
@@ -412,7 +448,11 @@ class MergeMatMulChain(Rule):
         units = [head]
         while True:
             c = g.single_consumer(units[-1].out)
-            if c is None or g.node(c).op_type not in ("MatMul", "Gemm") or g.node(c).input[0] != units[-1].out:
+            if (
+                c is None
+                or g.node(c).op_type not in ("MatMul", "Gemm")
+                or g.node(c).input[0] != units[-1].out
+            ):
                 break
             u = parse_linear(g, c)
             if not isinstance(u, Linear):
@@ -433,8 +473,10 @@ class MergeMatMulChain(Rule):
         names = [g.label(u.idx) for u in units]
         plan = " + ".join(f"linear {units[i].n_in}x{units[j].n_out}" for i, j in segs)
         chain = "\u2192".join(n_.rsplit("/", 2)[-2] if n_.count("/") >= 2 else n_ for n_ in names)
-        m["decision"] = (f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
-                         f"separate {separate / 1e3:.3g}{'' if rows else ', rows unknown'})")
+        m["decision"] = (
+            f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
+            f"separate {separate / 1e3:.3g}{'' if rows else ', rows unknown'})"
+        )
         m["segs"] = segs
         if all(i == j for i, j in segs):
             return f"keeping the linears separate is cheapest [{m['decision']}]"
@@ -447,13 +489,13 @@ class MergeMatMulChain(Rule):
             if i == j:
                 continue
             W, b = units[i].W, units[i].bias
-            for u in units[i + 1:j + 1]:
+            for u in units[i + 1 : j + 1]:
                 W, b = compose_matmul(W, b, u.W, u.bias)
-            has_bias = any(u.b is not None for u in units[i:j + 1])
+            has_bias = any(u.b is not None for u in units[i : j + 1])
             first = units[i]
             x, y, dt = first.x, units[j].out, first.dtype
             base = g.label(first.idx)
-            for u in units[i:j + 1]:
+            for u in units[i : j + 1]:
                 g.remove(u.idx)
                 if u.bias_idx is not None:
                     g.remove(u.bias_idx)

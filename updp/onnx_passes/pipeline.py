@@ -72,8 +72,9 @@ def _opset(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def optimize_model(model: onnx.ModelProto, *, max_iterations: int = 10,
-                   cost_model: CostModel = DEFAULT_COST_MODEL) -> OptimizeResult:
+def optimize_model(
+    model: onnx.ModelProto, *, max_iterations: int = 10, cost_model: CostModel = DEFAULT_COST_MODEL
+) -> OptimizeResult:
     """Fold BatchNorm/LayerNorm/affines, rewrite channels-last sandwiches, merge linear chains
     (cost-planned) and fold residuals, repeating until a fixed point.
 
@@ -90,7 +91,9 @@ def optimize_model(model: onnx.ModelProto, *, max_iterations: int = 10,
         raise InputError("the model has no nodes")
     opset = _opset(model)
     if opset is None or opset < MIN_OPSET:
-        raise InputError(f"default-domain opset {opset} is too old; export with opset >= {MIN_OPSET} (17+ recommended)")
+        raise InputError(
+            f"default-domain opset {opset} is too old; export with opset >= {MIN_OPSET} (17+ recommended)"
+        )
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ops_before, nodes_before = _ops(model), len(model.graph.node)
@@ -100,8 +103,10 @@ def optimize_model(model: onnx.ModelProto, *, max_iterations: int = 10,
     iterations = 0
     # Two phases per round, each on a fresh view (fresh shapes): the planner needs the spatial
     # sizes of tensors that the folds and the channels-last rewrite have just created.
-    phases = ((canonicalize, channels_last, fold_affine, fold_layernorm),
-              (lambda g: merge_chains(g, cost_model), fold_residual))
+    phases = (
+        (canonicalize, channels_last, fold_affine, fold_layernorm),
+        (lambda g: merge_chains(g, cost_model), fold_residual),
+    )
     for iterations in range(1, max_iterations + 1):
         it = PassResult()
         for phase in phases:
@@ -124,9 +129,25 @@ def optimize_model(model: onnx.ModelProto, *, max_iterations: int = 10,
     except onnx.checker.ValidationError as exc:  # a bug in a rewrite, not a user error
         raise RuntimeError(f"optimized model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     refusals = list(dict.fromkeys(last.refusals))
-    res = OptimizeResult(work, bool(total.applied), nodes_before, len(work.graph.node), ops_before, _ops(work),
-                         dict(sorted(total.applied.items())), refusals, decisions, iterations,
-                         time.perf_counter() - t0)
-    logger.info("optimize: %d -> %d nodes in %d iterations (%.2fs): %s", res.nodes_before, res.nodes_after,
-                iterations, res.seconds, res.applied)
+    res = OptimizeResult(
+        work,
+        bool(total.applied),
+        nodes_before,
+        len(work.graph.node),
+        ops_before,
+        _ops(work),
+        dict(sorted(total.applied.items())),
+        refusals,
+        decisions,
+        iterations,
+        time.perf_counter() - t0,
+    )
+    logger.info(
+        "optimize: %d -> %d nodes in %d iterations (%.2fs): %s",
+        res.nodes_before,
+        res.nodes_after,
+        iterations,
+        res.seconds,
+        res.applied,
+    )
     return res

@@ -1,0 +1,123 @@
+"""CLI behaviour: one-line errors, exit codes, no partial output, JSON for pipelines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from updp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "updp", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {proc.stderr!r}"
+    return lines[0]
+
+
+def _tiny_conv_bn_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    inits = [w] + [numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+                   [("g", rng.uniform(0.5, 2, 4)), ("b", rng.standard_normal(4)), ("m", rng.standard_normal(4)),
+                    ("v", rng.uniform(0.5, 2, 4))]]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def test_help_lists_commands_and_exit_codes():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for cmd in ("blocks", "export", "optimize", "bench"):
+        assert cmd in proc.stdout
+    assert "exit codes" in proc.stdout
+
+
+def test_unknown_model_is_one_line_exit_2(tmp_path):
+    out = tmp_path / "x.onnx"
+    proc = run_cli("export", "timm:definitely_not_a_model", "--out", str(out))
+    assert proc.returncode == 2
+    assert "definitely_not_a_model" in _one_line_error(proc)
+    assert not out.exists()
+
+
+def test_malformed_onnx_is_one_line_exit_2(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf at all \x00\x01\x02")
+    out = tmp_path / "out.onnx"
+    proc = run_cli("optimize", str(bad), "--out", str(out))
+    assert proc.returncode == 2
+    assert "bad.onnx" in _one_line_error(proc)
+    assert not out.exists()
+    assert not list(tmp_path.glob(".out.onnx*")), "a temporary file was left behind"
+
+
+def test_missing_onnx_file(tmp_path):
+    proc = run_cli("bench", str(tmp_path / "nope.onnx"))
+    assert proc.returncode == 2
+    assert "not found" in _one_line_error(proc)
+
+
+def test_wrong_input_size_is_one_line(tmp_path):
+    out = tmp_path / "x.onnx"
+    # A 7x7 input is too small for ResNet's five stride-2 stages plus the 7x7 stem conv? It is not:
+    # it runs. An input smaller than the stem kernel is not valid for a conv stack.
+    proc = run_cli("export", "timm:convnext_atto", "--input-size", "2", "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert "input" in _one_line_error(proc).lower()
+    assert not out.exists()
+
+
+def test_bad_block_index_is_one_line(tmp_path):
+    out = tmp_path / "x.onnx"
+    code = main(["export", "timm:resnet18", "--input-size", "32", "--blocks", "99", "--out", str(out)])
+    assert code == 2
+    assert not out.exists()
+
+
+def test_optimize_json_reports_diff_and_node_counts(tmp_path, capsys):
+    src, out = tmp_path / "m.onnx", tmp_path / "m.opt.onnx"
+    onnx.save(_tiny_conv_bn_model(), str(src))
+    code = main(["optimize", str(src), "--out", str(out), "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert payload["nodes_before"] == 2 and payload["nodes_after"] == 1
+    assert payload["max_abs_diff"] is not None and payload["rel_diff"] <= 1e-4
+    assert out.exists()
+    assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["Conv"]
+
+
+def test_bench_json_has_median_and_p90(tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    onnx.save(_tiny_conv_bn_model(), str(src))
+    code = main(["bench", str(src), str(src), "--repeats", "3", "--warmup", "1", "--json"])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out)
+    rows = payload["results"]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"]
+
+
+@pytest.mark.parametrize("argv", [["export", "timm:resnet18", "--blocks", "1,x", "--out", "o.onnx"],
+                                  ["export", "timm:resnet18", "--input-size", "0", "--out", "o.onnx"]])
+def test_argument_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
