@@ -79,6 +79,10 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with tempfile.TemporaryDirectory(prefix="updp-export-") as tmp:
         path = os.path.join(tmp, "model.onnx")
+        # nn.MultiheadAttention's inference fast path (`_native_multi_head_attention`) has no ONNX
+        # symbolic; the regular path computes the same function and exports.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
         try:
             with torch.no_grad(), _quiet_export():
                 torch.onnx.export(model, (x,), path, dynamo=False, opset_version=opset,
@@ -87,6 +91,8 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UnsupportedError(f"torch.onnx.export failed: {first}") from None
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
         proto = onnx.load(path)
     full_check(proto, "exported model")
     return proto
