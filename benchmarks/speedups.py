@@ -1,8 +1,9 @@
 """Issue #2 speedup benchmark: pruned + merged vs unpruned, ORT CPU, interleaved A/B.
 
-For each case the unpruned model and the P<k> model (random weights, pruned blocks at λ = 1,
-randomized BN statistics) are exported with `updp.api.export_model` (merge + verification on), then
-timed with `updp.latency.benchmark` interleaved in one run: ORT CPU, 2 intra-op threads, batch 1,
+For each case three files are exported with `updp.api.export_model` (random weights):
+the unpruned model as a user has it without updp (plain export + onnxsim), the unpruned model
+through our passes (to show they never slow a baseline), and the P<k> model (pruned blocks at
+λ = 1, randomized BN statistics, merged and verified). They are timed with `updp.latency.benchmark` interleaved in one run: ORT CPU, 2 intra-op threads, batch 1,
 ORT_DISABLE_ALL and ORT_ENABLE_ALL side by side. Only the ENABLE_ALL ratio counts as our gain.
 
     .venv/bin/python benchmarks/speedups.py                 # all cases
@@ -29,16 +30,23 @@ CASES = {
 
 
 def run_case(name: str, repeats: int, warmup: int, threads: int, workdir: Path) -> dict:
+    import onnx
+
     from updp.api import ExportOptions, bench_files, export_model
+    from updp.exporter import save_model, simplify
 
     model, n, target = CASES[name]
     t0 = time.perf_counter()
-    base = export_model(ExportOptions(model=model), out=workdir / f"{name}_base.onnx")
+    # The reference is what a user has without updp: the plain export, simplified by onnxsim.
+    base = export_model(ExportOptions(model=model, optimize=False), out=workdir / f"{name}_base.onnx")
+    save_model(simplify(onnx.load(base.out), optimize=True), base.out)
+    # The unpruned model through our passes too: shows the passes alone do not slow the baseline.
+    base_opt = export_model(ExportOptions(model=model), out=workdir / f"{name}_base_updp.onnx")
     pruned = export_model(ExportOptions(model=model, prune=n), out=workdir / f"{name}_p{n}.onnx")
-    report = bench_files([base.out, pruned.out], threads=threads, opt_levels=["disable", "all"],
+    report = bench_files([base.out, base_opt.out, pruned.out], threads=threads, opt_levels=["disable", "all"],
                          warmup=warmup, repeats=repeats)
     print(f"\n=== {name}: {model} P{n} (blocks {pruned.pruned_blocks}, rule: {pruned.selection_rule})")
-    print(f"nodes {base.nodes_after} (base) vs {pruned.nodes_after} (P{n} merged); merge max abs diff "
+    print(f"nodes {len(onnx.load(base.out).graph.node)} (base) vs {pruned.nodes_after} (P{n} merged); merge max abs diff "
           f"{pruned.max_abs_diff:.2e} (rel {pruned.rel_diff:.2e})")
     for d in pruned.decisions:
         print("  plan:", d)
@@ -49,7 +57,7 @@ def run_case(name: str, repeats: int, warmup: int, threads: int, workdir: Path) 
     return {"case": name, "model": model, "prune": n, "target": target, "speedup_enable_all": sp_all,
             "verdict": verdict, "pruned_blocks": pruned.pruned_blocks, "decisions": pruned.decisions,
             "max_abs_diff": pruned.max_abs_diff, "rel_diff": pruned.rel_diff,
-            "nodes": {"base": base.nodes_after, "pruned": pruned.nodes_after}, "bench": report.to_dict()}
+            "nodes": {"base": len(onnx.load(base.out).graph.node), "pruned": pruned.nodes_after}, "bench": report.to_dict()}
 
 
 def main() -> None:

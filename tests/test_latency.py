@@ -99,7 +99,7 @@ class FakeSession:
 
 
 def _fake_factory(log, sleep=0.0):
-    def make_session(model, *, opt_level, threads, providers, profile_prefix=None):
+    def make_session(model, *, opt_level, threads, providers, profile_prefix=None, spinning=None):
         return FakeSession((model.graph.name, opt_level), log, sleep=sleep)
     return make_session
 

@@ -107,7 +107,7 @@ def list_blocks(model: str, *, input_size=None, model_kwargs=None, latency: bool
 
     module, spec, chw = build_model(model, input_size=input_size, model_kwargs=model_kwargs)
     blocks = find_blocks(module, (1, *chw))
-    report = BlocksReport(model=spec.display if hasattr(spec, "display") else model,
+    report = BlocksReport(model=spec.spec,
                           input_shape=(1, *chw), blocks=blocks)
     if latency:
         from updp.exporter import simplify, torch_to_onnx

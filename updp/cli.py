@@ -104,6 +104,8 @@ def cmd_bench(args) -> int:
 
     report = bench_files(args.models, threads=args.threads, opt_levels=args.opt_level, batch=args.batch,
                          warmup=args.warmup, repeats=args.repeats, device=args.device)
+    if args.save:
+        report.to_json(args.save)
     _emit(args, report.to_dict(), report.format_table())
     return 0
 
@@ -192,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, default=10)
     sp.add_argument("--repeats", type=int, default=50)
     sp.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    sp.add_argument("--save", metavar="F.json", help="also write the JSON report to a file (atomically)")
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser("demo", help="the embedded default job: export, merge, verify, bench a small model",

@@ -73,7 +73,7 @@ def default_providers(device: str = "cpu") -> list[str]:
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str = "all",
                  threads: int | None = None, providers: list[str] | None = None,
-                 profile_prefix: str | None = None):
+                 profile_prefix: str | None = None, spinning: bool | None = None):
     """Create an InferenceSession with every setting explicit.
 
     Args:
@@ -82,6 +82,9 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
         threads: intra-op threads (inter-op is pinned to 1; None lets ORT choose).
         providers: execution providers, CPU by default.
         profile_prefix: if set, ORT's profiler writes a trace with this file prefix.
+        spinning: whether idle intra-op threads busy-wait for work (`session.intra_op.allow_spinning`);
+            None keeps ORT's default (on). Interleaved A/B timing turns it off: otherwise the threads
+            of the session that just ran keep spinning on the cores the next session needs.
     """
     import onnxruntime as ort
 
@@ -94,6 +97,8 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if spinning is not None:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)

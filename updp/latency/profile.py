@@ -172,7 +172,7 @@ def profile_nodes(model: onnx.ModelProto | str | os.PathLike, setup: LatencySetu
         raise InputError(f"runs must be >= 1 (got {runs})")
     with tempfile.TemporaryDirectory(prefix="updp_profile_") as tmp:
         sess = make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers,
-                            profile_prefix=str(Path(tmp) / "ort"))
+                            profile_prefix=str(Path(tmp) / "ort"), spinning=setup.spinning)
         try:
             feeds = random_inputs(sess, batch=setup.batch, seed=seed)
             for _ in range(setup.warmup + runs):

@@ -82,6 +82,9 @@ class LatencySetup:
         warmup: untimed runs per session before timing starts.
         repeats: timed runs per model and optimization level (fewer if a time budget runs out).
         batch: value for a symbolic first input dimension.
+        spinning: ORT's `session.intra_op.allow_spinning`. Off by default here: with interleaved
+            A/B rounds, the idle threads of the session that just ran would otherwise keep
+            busy-waiting on the cores the next session needs, which adds noise and order bias.
         onnxruntime_version, onnx_version, numpy_version, python, platform, cpu_model, cpu_count:
             the environment, filled in automatically.
     """
@@ -93,6 +96,7 @@ class LatencySetup:
     warmup: int = 10
     repeats: int = 50
     batch: int = 1
+    spinning: bool = False
     onnxruntime_version: str = field(default_factory=_ort_version)
     onnx_version: str = field(default_factory=lambda: onnx.__version__)
     numpy_version: str = field(default_factory=lambda: np.__version__)
@@ -129,7 +133,8 @@ class LatencySetup:
         """One line: the settings that decide the numbers."""
         threads = self.threads if self.threads is not None else f"ort-default(cpus={self.cpu_count})"
         return (f"providers={','.join(self.providers)} threads={threads} warmup={self.warmup} "
-                f"repeats={self.repeats} batch={self.batch} ort={self.onnxruntime_version}")
+                f"repeats={self.repeats} batch={self.batch} spinning={'on' if self.spinning else 'off'} "
+                f"ort={self.onnxruntime_version}")
 
 
 @dataclass
@@ -314,7 +319,8 @@ def benchmark(models: list[ModelSpec], setup: LatencySetup | None = None, *,
     for level in levels:
         # Sessions of one level at a time: comparable memory pressure, and big models x 4 levels
         # would not all fit at once.
-        sessions = [make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers)
+        sessions = [make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers,
+                                 spinning=setup.spinning)
                     for _, model in models]
         feeds = _shared_feeds(names, sessions, setup.batch, seed)
         for sess, feed in zip(sessions, feeds, strict=True):

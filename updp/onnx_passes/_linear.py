@@ -171,6 +171,8 @@ class Affine:
 
 def parse_affine(g: Graph, idx: int) -> Affine | None:
     n = g.node(idx)
+    if idx in g.protected():
+        return None  # part of a GELU that ORT fuses (see Graph.protected)
     if n.op_type == "BatchNormalization":
         if len(n.input) < 5 or attr(n, "training_mode", 0):
             return None

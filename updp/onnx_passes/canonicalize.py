@@ -96,6 +96,8 @@ class ConstArithmetic(Rule):
         c = g.const(n.input[1])
         if c is None or g.const(n.input[0]) is not None or not float_dtype(c):
             return None
+        if idx in g.protected():
+            return None  # GELU's `/ sqrt(2)`: ORT fuses the Div form (see Graph.protected)
         return idx
 
     def check(self, g, idx):
