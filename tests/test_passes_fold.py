@@ -12,8 +12,8 @@ from updp.onnx_passes import optimize_model
 from updp.verify import check_equivalence
 
 
-def optimized(model, feeds=None):
-    res = optimize_model(model)
+def optimized(model, feeds=None, **options):
+    res = optimize_model(model, **options)
     onnx.checker.check_model(res.model, full_check=True)
     check_equivalence(model, res.model)
     if feeds:
@@ -22,8 +22,8 @@ def optimized(model, feeds=None):
     return res
 
 
-def unchanged(model):
-    res = optimize_model(model)
+def unchanged(model, **options):
+    res = optimize_model(model, **options)
     assert not res.changed, res.applied
     assert res.nodes_after == res.nodes_before
     return res
@@ -103,7 +103,7 @@ def test_layernorm_affine_into_matmul():
     b = Builder(7)
     y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(8)), b.const(b.rand(8))], axis=-1)
     b.rename_output(b.matmul(y, 8, 6), "y")
-    res = optimized(b.model({"x": (2, 3, 8)}, {"y": None}))
+    res = optimized(b.model({"x": (2, 3, 8)}, {"y": None}), fold_layernorm_affine=True)
     assert res.applied["fold_layernorm_affine"] == 1
     ln = next(n for n in res.model.graph.node if n.op_type == "LayerNormalization")
     assert len(ln.input) == 2
@@ -111,12 +111,39 @@ def test_layernorm_affine_into_matmul():
     assert np.all(onnx.numpy_helper.to_array(gamma) == 1)
 
 
+def test_layernorm_beta_into_biasless_matmul_refused():
+    """LN applies beta inside its kernel; folding it would add a new Add node after the MatMul."""
+    b = Builder(17)
+    y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(8)), b.const(b.rand(8))], axis=-1)
+    b.rename_output(b.matmul(y, 8, 6, bias=False), "y")
+    res = unchanged(b.model({"x": (2, 3, 8)}, {"y": None}), fold_layernorm_affine=True)
+    assert any("no bias Add" in r for r in res.refusals), res.refusals
+
+
+def test_layernorm_gamma_only_into_biasless_matmul():
+    """With beta = 0 there is nothing that needs a bias: gamma folds into W."""
+    b = Builder(18)
+    y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(8)), b.const(np.zeros(8, np.float32))], axis=-1)
+    b.rename_output(b.matmul(y, 8, 6, bias=False), "y")
+    res = optimized(b.model({"x": (2, 3, 8)}, {"y": None}), fold_layernorm_affine=True)
+    assert res.applied["fold_layernorm_affine"] == 1
+    assert op_counts(res.model) == {"LayerNormalization": 1, "MatMul": 1}
+
+
 def test_layernorm_not_last_axis_refused():
     b = Builder(8)
     y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(3, 8)), b.const(b.rand(3, 8))], axis=1)
     b.rename_output(b.matmul(y, 8, 6), "y")
-    res = unchanged(b.model({"x": (2, 3, 8)}, {"y": None}))
+    res = unchanged(b.model({"x": (2, 3, 8)}, {"y": None}), fold_layernorm_affine=True)
     assert any("not the last axis" in r or "(K,) vector" in r for r in res.refusals), res.refusals
+
+
+def test_layernorm_fold_is_off_by_default():
+    b = Builder(19)
+    y = b.op("LayerNormalization", ["x", b.const(1 + b.rand(8)), b.const(b.rand(8))], axis=-1)
+    b.rename_output(b.matmul(y, 8, 6), "y")
+    res = unchanged(b.model({"x": (2, 3, 8)}, {"y": None}))
+    assert "fold_layernorm_affine" not in res.applied
 
 
 # ------------------------------------------------------------------ negatives
@@ -216,3 +243,34 @@ def test_constant_nodes_identity_dropout_sub_div():
     b.rename_output(y, "y")
     res = optimized(b.model({"x": (1, 4, 3, 3)}, {"y": None}))
     assert op_counts(res.model) == {"Conv": 1}
+
+
+# ------------------------------------------------------------------ neutral elementwise
+
+
+def test_add_zero_and_mul_one_removed():
+    b = Builder(21)
+    h = b.op("Add", ["x", b.const(np.zeros(8, np.float32))])
+    h = b.op("Relu", [h])
+    h = b.op("Mul", [b.const(np.ones((1, 1, 8), np.float32)), h])
+    b.rename_output(b.op("Relu", [h]), "y")
+    res = optimized(b.model({"x": (2, 3, 8)}, {"y": None}))
+    assert op_counts(res.model) == {"Relu": 2}
+    assert res.applied["remove_neutral_elementwise"] == 2
+
+
+def test_add_zero_that_broadcasts_is_kept():
+    b = Builder(22)
+    h = b.op("Add", ["x", b.const(np.zeros((3, 8), np.float32))])
+    b.rename_output(b.op("Relu", [h]), "y")
+    res = unchanged(b.model({"x": (1, 8)}, {"y": None}))
+    assert any("broadcast" in r for r in res.refusals), res.refusals
+
+
+def test_add_zero_as_graph_output_is_renamed_not_dropped():
+    b = Builder(23)
+    h = b.op("Relu", ["x"])
+    b.rename_output(b.op("Add", [h, b.const(np.zeros(8, np.float32))]), "y")
+    res = optimized(b.model({"x": (2, 8)}, {"y": None}))
+    assert op_counts(res.model) == {"Relu": 1}
+    assert res.model.graph.output[0].name == "y"

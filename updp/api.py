@@ -198,7 +198,7 @@ def _load_weights(module, checkpoint: str):
 
     Returns the plan (or None for a plain state dict).
     """
-    from updp.models import load_checkpoint, read_checkpoint
+    from updp.models import load_state, read_checkpoint
 
     payload = read_checkpoint(checkpoint)
     plan = None
@@ -207,7 +207,7 @@ def _load_weights(module, checkpoint: str):
 
         plan = PrunePlan.from_dict(payload["plan"])
         apply_pruning(module, plan.blocks, lam=plan.lam, **plan.block_options)
-    load_checkpoint(module, checkpoint, payload=payload)
+    load_state(module, payload, checkpoint)
     return plan
 
 
@@ -365,7 +365,8 @@ class OptimizeFileResult:
         return "\n".join(lines)
 
 
-def optimize_file(src: str | Path, out: str | Path, *, verify: bool = True, polish: bool = True) -> OptimizeFileResult:
+def optimize_file(src: str | Path, out: str | Path, *, verify: bool = True, polish: bool = True,
+                  fold_layernorm_affine: bool = False) -> OptimizeFileResult:
     """Optimize any ONNX file: fold norms, merge linear chains, verify, write atomically."""
     from updp.exporter import full_check, save_model, simplify
     from updp.onnx_passes import optimize_model
@@ -374,7 +375,7 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool = True, poli
     t0 = time.perf_counter()
     original = load_onnx(src)
     cleaned = simplify(original, optimize=False)
-    res = optimize_model(cleaned)
+    res = optimize_model(cleaned, fold_layernorm_affine=fold_layernorm_affine)
     result = simplify(res.model, optimize=True) if polish else res.model
     full_check(result, "optimized model")
     max_diff = rel = None

@@ -94,7 +94,8 @@ def cmd_export(args) -> int:
 def cmd_optimize(args) -> int:
     from updp.api import optimize_file
 
-    result = optimize_file(args.input, args.out, verify=not args.no_verify, polish=not args.no_onnxsim)
+    result = optimize_file(args.input, args.out, verify=not args.no_verify, polish=not args.no_onnxsim,
+                           fold_layernorm_affine=args.fold_layernorm)
     _emit(args, result.to_dict(), result.format_summary())
     return 0
 
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="output .onnx path (written atomically)")
     sp.add_argument("--no-verify", action="store_true", help="skip the ORT equivalence check (not advised)")
     sp.add_argument("--no-onnxsim", action="store_true", help="skip the final onnxsim polish")
+    sp.add_argument("--fold-layernorm", action="store_true",
+                    help="also fold LayerNorm affines into the next linear (off: ORT applies them for free)")
     sp.add_argument("--json", action="store_true", help="machine-readable summary")
     sp.set_defaults(func=cmd_optimize)
 

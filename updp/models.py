@@ -221,14 +221,24 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
             shape mismatches, or a different class count).
     """
     path = os.fspath(path)
+    return load_state(model, read_checkpoint(path), path)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """`torch.load(path, map_location='cpu', weights_only=True)` with one-line errors."""
+    path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"checkpoint not found: {path}")
     if os.path.isdir(path):
         raise InputError(f"checkpoint is a directory: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for a bad file
         raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+
+
+def load_state(model: nn.Module, obj: Any, path: str = "<checkpoint>") -> nn.Module:
+    """Load an already-read checkpoint object into `model` strictly (see `load_checkpoint`)."""
     sd = _unwrap_state_dict(obj, path)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

@@ -18,6 +18,14 @@ Rules:
     After: ``Add(x, -c)`` / ``Mul(x, 1 / c)``, so that affine folds see one form.
     Formula: x - c = x + (-c); x / c = x * (1/c) (rounding differs by at most 1 ulp).
 
+``remove_neutral_elementwise``
+    Before: ``Add(x, 0)`` / ``Mul(x, 1)`` with a constant of zeros / ones.  After: readers read x.
+    Conditions: the constant does not broadcast x to a larger shape (it has at most x's rank and
+    every dim is 1 or x's known dim); the output is not a graph output whose source cannot be
+    renamed. Such Adds come from zero-initialized biases (or a fold that produced zeros).
+    Formula: x + 0 = x; x * 1 = x (exact in floating point, including -0.0 + 0 = 0 vs -0.0,
+    which no consumer here distinguishes).
+
 ``cancel_transposes``
     Before: ``x -> Transpose(p) -> Transpose(q) -> y`` with q o p = identity.  After: ``y = x``.
     Conditions: the intermediate has one reader.
@@ -82,6 +90,46 @@ class RemoveIdentity(Rule):
         if n.op_type == "Dropout":
             g.truncate_inputs(idx, 1)
         ok = g.bypass(idx, n.input[0])
+        assert ok
+
+
+class RemoveNeutralElementwise(Rule):
+    name = "remove_neutral_elementwise"
+    anchors = ("Add", "Mul")
+
+    def match(self, g, idx):
+        n = g.node(idx)
+        if len(n.input) != 2:
+            return None
+        for k in (0, 1):
+            c = g.const(n.input[k])
+            if c is None or g.const(n.input[1 - k]) is not None or not float_dtype(c):
+                continue
+            neutral = 0.0 if n.op_type == "Add" else 1.0
+            if c.size and np.all(c == neutral):
+                return {"idx": idx, "x": n.input[1 - k], "c": c}
+        return None
+
+    def check(self, g, m):
+        if m["idx"] in g.protected():
+            return "part of a GELU that ORT fuses"
+        xs = g.shapes.get(m["x"])
+        c = m["c"]
+        if c.ndim > 0:
+            if xs is None or c.ndim > len(xs):
+                return "cannot prove the constant does not broadcast x to a larger shape"
+            for dc, dx in zip(reversed(c.shape), reversed(xs)):
+                if dc != 1 and not (isinstance(dx, int) and dx == dc):
+                    return "the constant may broadcast x to a larger shape"
+        n = g.node(m["idx"])
+        if n.output[0] in g.graph_outputs:
+            p = g.producer_of(m["x"])
+            if p is None or m["x"] in g.graph_outputs or len(g.consumers.get(m["x"], ())) != 1:
+                return "output is a graph output and its source cannot be renamed"
+        return None
+
+    def rewrite(self, g, m, result):
+        ok = g.bypass(m["idx"], m["x"])
         assert ok
 
 
@@ -154,7 +202,7 @@ class CancelTransposes(Rule):
         assert g.bypass(nxt, src)
 
 
-RULES = [ConstantToInitializer(), RemoveIdentity(), ConstArithmetic(), CancelTransposes()]
+RULES = [ConstantToInitializer(), RemoveIdentity(), RemoveNeutralElementwise(), ConstArithmetic(), CancelTransposes()]
 
 
 def canonicalize(g: Graph) -> PassResult:

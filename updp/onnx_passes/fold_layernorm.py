@@ -5,7 +5,9 @@
     After:  ``LayerNormalization(x; 1) -> [Reshape] -> MatMul/Gemm(diag(gamma) W, beta W + b)``
     Conditions: normalization over the last axis only; gamma/beta constant; the LN output has the
     linear as only reader (through at most one Reshape that keeps the last dimension); LN's Mean
-    and InvStdDev outputs unused; gamma != 1 or beta != 0 (else nothing to do).
+    and InvStdDev outputs unused; gamma != 1 or beta != 0 (else nothing to do); a nonzero beta
+    needs a bias on the linear to land in (a bias-less MatMul would need a new Add, slower than
+    LN's own fused affine).
     Formula: LN(x; g, be) W + b = LN0(x) (diag(g) W) + (be W + b)
     (`identities.fold_layernorm_affine_into_matmul`).
 """
@@ -54,6 +56,11 @@ class FoldLayerNormAffine(Rule):
             return "Mean/InvStdDev outputs are used"
         if m["gamma"].ndim != 1 or m["gamma"].shape[0] != lin.n_in:
             return "gamma is not a (K,) vector matching the linear's input"
+        if (lin.kind == "matmul" and lin.bias_idx is None and m["beta"] is not None
+                and np.any(m["beta"])):
+            # LayerNormalization adds beta inside its kernel for free; a bias-less MatMul would
+            # need a new Add node for beta·W, which is slower than what it replaces.
+            return "the MatMul has no bias Add: folding beta would add an Add that LN applies for free"
         return None
 
     def rewrite(self, g, m, result):
