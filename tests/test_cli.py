@@ -121,3 +121,25 @@ def test_argument_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
+    """A rewrite that changes the function must be caught: exit 4, no output file."""
+    import updp.onnx_passes as passes
+    from updp.onnx_passes import optimize_model as real_optimize
+
+    def corrupting_optimize(model, **kw):
+        res = real_optimize(model, **kw)
+        w = res.model.graph.initializer[0]
+        arr = numpy_helper.to_array(w).copy()
+        arr.flat[0] += 1.0
+        w.CopyFrom(numpy_helper.from_array(arr, w.name))
+        return res
+
+    monkeypatch.setattr(passes, "optimize_model", corrupting_optimize)
+    src, out = tmp_path / "m.onnx", tmp_path / "m.opt.onnx"
+    onnx.save(_tiny_conv_bn_model(), str(src))
+    code = main(["optimize", str(src), "--out", str(out)])
+    assert code == 4
+    assert "differs from the reference" in capsys.readouterr().err
+    assert not out.exists()
