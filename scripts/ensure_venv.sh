@@ -13,8 +13,20 @@ if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; t
 fi
 echo "updp: setting up $VENV (first run takes about two minutes)" >&2
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip >&2
+LOG="$VENV/updp-install.log"
+: > "$LOG"
+run() {
+    # pip's build chatter goes to the log; on failure its tail is shown.
+    if ! "$@" >>"$LOG" 2>&1; then
+        echo "updp: setup failed running: $*" >&2
+        tail -n 25 "$LOG" >&2
+        echo "updp: full log in $LOG" >&2
+        exit 1
+    fi
+}
+run "$VENV/bin/python" -m pip install --upgrade pip
 # torch/torchvision first and pinned, so that no other requirement can pull a different build.
-"$VENV/bin/python" -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" >&2
-"$VENV/bin/python" -m pip install --quiet -e "$ROOT[data,report,dev]" >&2
+run "$VENV/bin/python" -m pip install "torch==2.14.1" "torchvision==0.29.1"
+run "$VENV/bin/python" -m pip install -e "$ROOT[data,report,dev]"
 echo "$want" > "$STAMP"
+echo "updp: $VENV is ready" >&2
