@@ -11,15 +11,13 @@ Not a test: latencies depend on the machine. Usage:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from updp.latency import LatencySetup, benchmark
 from updp.onnx_passes.cost import DEFAULT_COST_MODEL, estimate_model_cost
-from updp.ort import make_session
 
 rng = np.random.default_rng(0)
 
@@ -129,19 +127,11 @@ def cases():
     return out
 
 
-def measure(models: dict[str, onnx.ModelProto], x_shape, rounds: int) -> dict[str, float]:
-    sessions = {k: make_session(m, opt_level="all", threads=2) for k, m in models.items()}
-    x = rng.standard_normal(x_shape).astype(np.float32)
-    times = {k: [] for k in models}
-    for s in sessions.values():
-        for _ in range(3):
-            s.run(None, {"x": x})
-    for _ in range(rounds):
-        for k, s in sessions.items():  # interleaved: drift hits every alternative alike
-            t0 = time.perf_counter()
-            s.run(None, {"x": x})
-            times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}
+def measure(models: dict[str, onnx.ModelProto], rounds: int) -> dict[str, float]:
+    """Median ms per alternative from the project's one latency runner (interleaved rounds)."""
+    setup = LatencySetup(threads=2, opt_level="all", warmup=3, repeats=rounds)
+    report = benchmark(list(models.items()), setup)
+    return {k: report.get(k, "all").median_ms for k in models}
 
 
 def main() -> None:
@@ -155,7 +145,7 @@ def main() -> None:
     for title, x_shape, alts in all_cases:
         models = {k: _model(x_shape, f) for k, f in alts.items()}
         est = {k: estimate_model_cost(m, DEFAULT_COST_MODEL) / 1e6 for k, m in models.items()}
-        meas = measure(models, x_shape, args.rounds)
+        meas = measure(models, args.rounds)
         pick_est, pick_meas = min(est, key=est.get), min(meas, key=meas.get)
         ok = pick_est == pick_meas
         agree += ok
