@@ -137,3 +137,29 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     for n in model.graph.node:
         out[n.op_type] = out.get(n.op_type, 0) + 1
     return out
+
+
+def optimized(model: onnx.ModelProto, feeds=None, **options):
+    """Optimize, then insist: full checker passes, outputs equal (random and `feeds`), JSON-able."""
+    import json
+
+    from updp.onnx_passes import optimize_model
+    from updp.verify import check_equivalence
+
+    res = optimize_model(model, **options)
+    onnx.checker.check_model(res.model, full_check=True)
+    check_equivalence(model, res.model)
+    if feeds:
+        check_equivalence(model, res.model, feeds=feeds)
+    json.dumps(res.to_dict())
+    return res
+
+
+def unchanged(model: onnx.ModelProto, **options):
+    """Optimize and insist that nothing changed (a negative test)."""
+    from updp.onnx_passes import optimize_model
+
+    res = optimize_model(model, **options)
+    assert not res.changed, res.applied
+    assert res.nodes_after == res.nodes_before
+    return res

@@ -1,33 +1,11 @@
 """BatchNorm / affine / LayerNorm folding: positive, negative (one per precondition), regression."""
 
-import json
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
-from onnx_builders import Builder, impulse_feeds, op_counts
-
-from updp.onnx_passes import optimize_model
-from updp.verify import check_equivalence
-
-
-def optimized(model, feeds=None, **options):
-    res = optimize_model(model, **options)
-    onnx.checker.check_model(res.model, full_check=True)
-    check_equivalence(model, res.model)
-    if feeds:
-        check_equivalence(model, res.model, feeds=feeds)
-    json.dumps(res.to_dict())
-    return res
-
-
-def unchanged(model, **options):
-    res = optimize_model(model, **options)
-    assert not res.changed, res.applied
-    assert res.nodes_after == res.nodes_before
-    return res
-
+from onnx_builders import Builder, impulse_feeds, op_counts, optimized, unchanged
 
 # ------------------------------------------------------------------ BN after conv / gemm
 

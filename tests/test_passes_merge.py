@@ -1,26 +1,15 @@
 """Linear-chain merging, channels-last sandwiches, residual folds and the pipeline contract."""
 
-import json
 
 import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from onnx_builders import Builder, impulse_feeds, op_counts
+from onnx_builders import Builder, impulse_feeds, op_counts, optimized
 
 from updp.onnx_passes import optimize_model
 from updp.onnx_passes.cost import CostModel
 from updp.verify import check_equivalence
-
-
-def optimized(model, feeds=None):
-    res = optimize_model(model)
-    onnx.checker.check_model(res.model, full_check=True)
-    check_equivalence(model, res.model)
-    if feeds:
-        check_equivalence(model, res.model, feeds=feeds)
-    json.dumps(res.to_dict())
-    return res
 
 
 def weight_of(model, node):
