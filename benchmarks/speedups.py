@@ -3,7 +3,8 @@
 For each case three files are exported with `updp.api.export_model` (random weights):
 the unpruned model as a user has it without updp (plain export + onnxsim), the unpruned model
 through our passes (to show they never slow a baseline), and the P<k> model (pruned blocks at
-λ = 1, randomized BN statistics, merged and verified). They are timed with `updp.latency.benchmark` interleaved in one run: ORT CPU, 2 intra-op threads, batch 1,
+λ = 1, randomized BN statistics, merged and verified). They are timed with
+`updp.latency.benchmark` interleaved in one run: ORT CPU, 2 intra-op threads, batch 1,
 ORT_DISABLE_ALL and ORT_ENABLE_ALL side by side. Only the ENABLE_ALL ratio counts as our gain.
 
     .venv/bin/python benchmarks/speedups.py                 # all cases
@@ -45,8 +46,9 @@ def run_case(name: str, repeats: int, warmup: int, threads: int, workdir: Path) 
     pruned = export_model(ExportOptions(model=model, prune=n), out=workdir / f"{name}_p{n}.onnx")
     report = bench_files([base.out, base_opt.out, pruned.out], threads=threads, opt_levels=["disable", "all"],
                          warmup=warmup, repeats=repeats)
+    base_nodes = len(onnx.load(base.out).graph.node)
     print(f"\n=== {name}: {model} P{n} (blocks {pruned.pruned_blocks}, rule: {pruned.selection_rule})")
-    print(f"nodes {len(onnx.load(base.out).graph.node)} (base) vs {pruned.nodes_after} (P{n} merged); merge max abs diff "
+    print(f"nodes {base_nodes} (base) vs {pruned.nodes_after} (P{n} merged); merge max abs diff "
           f"{pruned.max_abs_diff:.2e} (rel {pruned.rel_diff:.2e})")
     for d in pruned.decisions:
         print("  plan:", d)
@@ -57,7 +59,7 @@ def run_case(name: str, repeats: int, warmup: int, threads: int, workdir: Path) 
     return {"case": name, "model": model, "prune": n, "target": target, "speedup_enable_all": sp_all,
             "verdict": verdict, "pruned_blocks": pruned.pruned_blocks, "decisions": pruned.decisions,
             "max_abs_diff": pruned.max_abs_diff, "rel_diff": pruned.rel_diff,
-            "nodes": {"base": len(onnx.load(base.out).graph.node), "pruned": pruned.nodes_after}, "bench": report.to_dict()}
+            "nodes": {"base": base_nodes, "pruned": pruned.nodes_after}, "bench": report.to_dict()}
 
 
 def main() -> None:
