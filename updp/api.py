@@ -193,22 +193,52 @@ class ExportResult:
         return "\n".join(lines)
 
 
-def _load_weights(module, checkpoint: str):
+def _load_weights(module, checkpoint: str, payload=None):
     """Load a checkpoint; a pruned checkpoint carries its plan, which is applied first.
+
+    A plan of the `--drop` ablation (`block_options["drop"]`) removes its blocks instead of
+    converting them (`updp.pruning.progressive.apply_plan`).
 
     Returns the plan (or None for a plain state dict).
     """
     from updp.models import load_state, read_checkpoint
 
-    payload = read_checkpoint(checkpoint)
+    if payload is None:
+        payload = read_checkpoint(checkpoint)
     plan = None
-    if isinstance(payload, dict) and "plan" in payload:
-        from updp.pruning import PrunePlan, apply_pruning
+    if isinstance(payload, dict) and payload.get("plan"):
+        from updp.pruning import PrunePlan
+        from updp.pruning.progressive import apply_plan
 
         plan = PrunePlan.from_dict(payload["plan"])
-        apply_pruning(module, plan.blocks, lam=plan.lam, **plan.block_options)
+        apply_plan(module, plan)
     load_state(module, payload, checkpoint)
     return plan
+
+
+def _spec_from_checkpoint(opts: ExportOptions, payload) -> ExportOptions:
+    """A checkpoint from `updp train`/`updp prune` records its `model_spec`: MODEL must match it, and
+    the class count, input size and constructor kwargs default to it (explicit options must agree)."""
+    from dataclasses import replace
+
+    from updp.models import parse_spec
+
+    spec = payload.get("model_spec") if isinstance(payload, dict) else None
+    if not spec:
+        return opts
+    if parse_spec(opts.model) != parse_spec(spec["model"]):
+        raise InputError(f"checkpoint {opts.checkpoint} holds a {spec['model']}, not {opts.model}")
+    n = spec.get("num_classes")
+    if opts.num_classes is not None and n is not None and opts.num_classes != n:
+        raise InputError(f"checkpoint {opts.checkpoint} has {n} classes, not --num-classes {opts.num_classes}")
+    size = tuple(spec["input_size"][1:])
+    kwargs = {k: v for k, v in (spec.get("kwargs") or {}).items() if k != "num_classes"}
+    for k, v in opts.model_kwargs.items():
+        if k in kwargs and kwargs[k] != v:
+            raise InputError(f"checkpoint {opts.checkpoint} was built with {k}={kwargs[k]!r}, not {v!r}")
+    kwargs.update(opts.model_kwargs)
+    return replace(opts, num_classes=n if opts.num_classes is None else opts.num_classes,
+                   input_size=size if opts.input_size is None else opts.input_size, model_kwargs=kwargs)
 
 
 def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportResult:
@@ -224,15 +254,26 @@ def export_model(opts: ExportOptions, out: str | Path | None = None) -> ExportRe
     if opts.batch < 1:
         raise InputError(f"--batch must be >= 1, got {opts.batch}")
     torch.manual_seed(opts.seed)
+    payload = None
+    if opts.checkpoint:
+        from updp.models import read_checkpoint
+
+        payload = read_checkpoint(opts.checkpoint)
+        opts = _spec_from_checkpoint(opts, payload)
     module, spec, chw = build_model(opts.model, input_size=opts.input_size, model_kwargs=opts.model_kwargs,
                                     num_classes=opts.num_classes)
     input_shape = (opts.batch, *chw)
-    plan = _load_weights(module, opts.checkpoint) if opts.checkpoint else None
+    plan = _load_weights(module, opts.checkpoint, payload) if opts.checkpoint else None
     blocks = find_blocks(module, input_shape)
     if plan is not None:
+        from updp.pruning.progressive import is_drop_plan
+
         if opts.blocks or opts.prune:
             raise InputError("the checkpoint already carries a prune plan; drop --blocks/--prune")
-        chosen, rule = list(plan.blocks), plan.selection_rule
+        if is_drop_plan(plan):  # the blocks are gone: nothing left to merge
+            chosen, rule = [], f"dropped blocks {plan.blocks} ({plan.selection_rule})"
+        else:
+            chosen, rule = list(plan.blocks), plan.selection_rule
     elif opts.blocks:
         chosen, rule = list(opts.blocks), "manual"
     elif opts.prune:

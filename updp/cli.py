@@ -117,6 +117,94 @@ def cmd_demo(args) -> int:
     return demo(out_dir=args.out_dir, quick=args.quick)
 
 
+# ---------------------------------------------------------------- training commands (issue #3)
+
+def _train_config(args, **over):
+    from updp.pruning.train import TrainConfig
+
+    kw = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+              warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, seed=args.seed,
+              device=args.device, out=args.out, resume=args.resume, log_jsonl=args.log_jsonl,
+              progress=not (args.no_progress or args.quiet), max_steps_per_epoch=args.max_steps_per_epoch)
+    kw.update(over)
+    return TrainConfig(**kw)
+
+
+def _emit_rank0(args, payload: dict, text: str) -> None:
+    """Under torchrun every rank runs the command; only rank 0 reports."""
+    from updp.pruning.train import dist_info
+
+    if dist_info()[0] == 0:
+        _emit(args, payload, text)
+
+
+def _history_text(history: list[dict]) -> list[str]:
+    lines = []
+    for h in history:
+        lam = f"  lambda {h['lam']:.2f}" if h.get("lam") is not None else ""
+        lines.append(f"  epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}  "
+                     f"val loss {h['val_loss']:.4f} acc {h['val_acc']:.4f}{lam}  {h['seconds']:.1f} s")
+    return lines
+
+
+def cmd_train(args) -> int:
+    from updp.data import get_datasets
+    from updp.models import load_checkpoint
+    from updp.pruning.train import Trainer, build_for_data
+
+    data = get_datasets(args.data, args.input_size or (32, 32), split_seed=args.split_seed)
+    module, spec = build_for_data(args.model, data, model_kwargs=_parse_kwargs(args.model_kwarg))
+    if args.checkpoint:
+        load_checkpoint(module, args.checkpoint)
+    cfg = _train_config(args)
+    result = Trainer(module, data, cfg, checkpoint_extra=lambda: {"model_spec": spec, "data": data.description}).fit()
+    payload = {"model_spec": spec, "data": data.description, "val_acc": result.val_acc, "val_loss": result.val_loss,
+               "checkpoint": result.checkpoint, "seconds": result.seconds, "history": result.history}
+    text = "\n".join([f"wrote {result.checkpoint}", f"  {spec['model']} {tuple(spec['input_size'])}, "
+                      f"{data.description}", *_history_text(result.history),
+                      f"  val acc {result.val_acc:.4f} in {result.seconds:.1f} s"])
+    _emit_rank0(args, payload, text)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from updp.pruning import PrunePlan
+    from updp.pruning.progressive import PruneConfig, prune_checkpoint
+
+    options = {}
+    if args.swap_at_start:
+        options["swap_at_start"] = True
+    pcfg = PruneConfig(schedule=args.schedule, ramp_fraction=args.ramp_fraction, abrupt=args.abrupt, drop=args.drop,
+                       kd=not args.no_kd, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
+                       calib_batches=args.calib_batches, block_options=options)
+    plan = PrunePlan.load(args.plan) if args.plan else None
+    res = prune_checkpoint(args.checkpoint, args.data, train=_train_config(args), prune=pcfg, blocks=args.blocks,
+                           plan=plan, prune_n=args.prune, model=args.model)
+    p = res.plan
+    text = "\n".join([
+        f"wrote {res.train.checkpoint}",
+        f"  {p.model}: pruned blocks ({p.selection_rule}): "
+        + ", ".join(f"{i} {n}" for i, n in zip(p.blocks, p.block_names)),
+        f"  {p.notes}",
+        f"  val acc: baseline {res.baseline['acc']:.4f}, after conversion {res.at_start['acc']:.4f}",
+        *_history_text(res.train.history),
+        f"  final val acc {res.train.val_acc:.4f} (lambda = 1) in {res.train.seconds:.1f} s",
+        f"  next: updp export {p.model} --checkpoint {res.train.checkpoint} --out pruned.onnx"])
+    _emit_rank0(args, res.to_dict(), text)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from updp.pruning.train import evaluate_file
+
+    res = evaluate_file(args.file, args.data, split=args.split, batch_size=args.batch_size,
+                        input_size=args.input_size, split_seed=args.split_seed, model=args.model)
+    text = (f"{res['file']}: {res['split']} accuracy {res['acc']:.4f} ({round(res['acc'] * res['n'])}/{res['n']}), "
+            f"loss {res['loss']:.4f}, {res['provider']}, {res['seconds']:.1f} s")
+    _emit(args, res, text)
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +288,100 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     sp.add_argument("--save", metavar="F.json", help="also write the JSON report to a file (atomically)")
     sp.set_defaults(func=cmd_bench)
+
+    # ------------------------------------------------------------ training (issue #3)
+    def data_args(sp):
+        sp.add_argument("--data", required=True, metavar="SPEC",
+                        help="mnist5k, digits, imagefolder:PATH (train/ and val/), cifar10:PATH (python pickles)")
+        sp.add_argument("--split-seed", type=int, default=0, help="seed of the train/holdout/val split (default 0)")
+
+    def train_args(sp, lr: float, warmup: float):
+        sp.add_argument("--epochs", type=int, required=True)
+        sp.add_argument("--batch-size", type=int, default=128, help="per process (default 128)")
+        sp.add_argument("--lr", type=float, default=lr, help=f"AdamW peak learning rate (default {lr})")
+        sp.add_argument("--weight-decay", type=float, default=0.05)
+        sp.add_argument("--warmup-epochs", type=float, default=warmup,
+                        help=f"linear warm-up, then cosine to 0 (default {warmup})")
+        sp.add_argument("--label-smoothing", type=float, default=0.1)
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+        sp.add_argument("--out", required=True, help="checkpoint, written atomically after every epoch")
+        sp.add_argument("--resume", action="store_true",
+                        help="continue from --out after its last finished epoch (same result as no interruption)")
+        sp.add_argument("--log-jsonl", metavar="F.jsonl", help="append one JSON line per epoch")
+        sp.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke tests)")
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+        sp.add_argument("--json", action="store_true", help="machine-readable summary")
+
+    sp = sub.add_parser("train", help="train a baseline on a local dataset", formatter_class=fmt,
+                        epilog="No hub weights can be downloaded here: models start from random weights, or from\n"
+                               "your own state dict with --checkpoint. num_classes comes from the data. Under\n"
+                               "torchrun (WORLD_SIZE > 1) training is data-parallel (DDP).\n\n"
+                               "examples:\n  updp train convnext_atto --data mnist5k --epochs 10 --out base.pt\n"
+                               "  updp train vit_tiny_patch16_224 --model-kwarg patch_size=4 --model-kwarg depth=6 "
+                               "--data digits --epochs 30 --out vit.pt\n"
+                               "  torchrun --standalone --nproc_per_node=2 -m updp train resnet18 --data "
+                               "cifar10:~/cifar --epochs 5 --out r18.pt")
+    sp.add_argument("model", help="timm:NAME, torchvision:NAME, or a bare NAME (timm)")
+    sp.add_argument("--input-size", type=_parse_input_size, default=None, metavar="S|HxW",
+                    help="training resolution (default 32)")
+    sp.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE",
+                    help="constructor argument, e.g. patch_size=4 (repeatable)")
+    sp.add_argument("--checkpoint", help="initial weights (your own state dict; same classes as the data)")
+    data_args(sp)
+    train_args(sp, lr=2e-3, warmup=1.0)
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("prune", help="progressive subnet training (UPDP step 3) of a trained baseline",
+                        formatter_class=fmt,
+                        epilog="The chosen blocks start at lambda=0 (the baseline function), their new BatchNorms\n"
+                               "are calibrated, then lambda rises to 1 over --ramp-fraction of the steps and stays 1;\n"
+                               "the output checkpoint is exactly mergeable and carries its plan for `updp export`.\n"
+                               "Distillation from the frozen baseline is on by default (--no-kd).\n\n"
+                               "examples:\n  updp prune --checkpoint base.pt --prune 2 --data mnist5k --epochs 5 "
+                               "--out p2.pt\n"
+                               "  updp prune --checkpoint base.pt --plan plan.json --data mnist5k --epochs 5 --out p.pt\n"
+                               "  updp prune --checkpoint base.pt --blocks 1,3 --abrupt --data mnist5k --epochs 5 "
+                               "--out abrupt.pt\n"
+                               "  updp export convnext_atto --checkpoint p2.pt --out p2.onnx")
+    sp.add_argument("--checkpoint", required=True, help="baseline checkpoint from `updp train`")
+    sp.add_argument("--model", help="model name (only for a plain state dict; checked otherwise)")
+    sel = sp.add_mutually_exclusive_group(required=True)
+    sel.add_argument("--plan", metavar="PLAN.json", help="a saved PrunePlan (e.g. from the search)")
+    sel.add_argument("--blocks", type=_parse_blocks, metavar="i,j,...", help="prune exactly these block indices")
+    sel.add_argument("--prune", type=int, metavar="N", help="N blocks by the default rule (as `updp export --prune`)")
+    sp.add_argument("--schedule", choices=["linear", "cosine", "step"], default="linear",
+                    help="lambda ramp shape (default linear)")
+    sp.add_argument("--ramp-fraction", type=float, default=0.5,
+                    help="fraction of the steps over which lambda goes 0 -> 1 (default 0.5)")
+    abl = sp.add_mutually_exclusive_group()
+    abl.add_argument("--abrupt", action="store_true", help="ablation: lambda = 1 from the first step (DepthShrinker)")
+    abl.add_argument("--drop", action="store_true",
+                     help="ablation: remove the blocks (identity-shortcut blocks only)")
+    sp.add_argument("--no-kd", action="store_true", help="ablation: no distillation from the baseline")
+    sp.add_argument("--kd-alpha", type=float, default=0.5, help="distillation weight (default 0.5)")
+    sp.add_argument("--kd-temperature", type=float, default=1.0)
+    sp.add_argument("--swap-at-start", action="store_true", help="LN -> BN already at lambda = 0 (ablation)")
+    sp.add_argument("--calib-batches", type=int, default=20, help="batches to calibrate the new BNs (default 20)")
+    data_args(sp)
+    train_args(sp, lr=1e-3, warmup=0.0)
+    sp.set_defaults(func=cmd_prune)
+
+    sp = sub.add_parser("eval", help="accuracy of an ONNX file (ONNX Runtime) or a checkpoint (torch)",
+                        formatter_class=fmt,
+                        epilog="The ONNX file takes the normalized tensor of the data pipeline, as the torch model.\n\n"
+                               "examples:\n  updp eval p2.onnx --data mnist5k\n  updp eval p2.pt --data mnist5k --json")
+    sp.add_argument("file", help="F.onnx or a checkpoint F.pt")
+    data_args(sp)
+    sp.add_argument("--split", choices=["val", "holdout", "train"], default="val")
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--input-size", type=_parse_input_size, default=None, metavar="S|HxW",
+                    help="override (default: from the file)")
+    sp.add_argument("--model", help="model name (only for a plain state dict)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_eval)
+
+    # ------------------------------------------------------------ search (lead: add `updp search` here)
 
     sp = sub.add_parser("demo", help="the embedded default job: export, merge, verify, bench a small model",
                         formatter_class=fmt)

@@ -15,6 +15,7 @@ from typing import Any
 from updp.errors import InputError
 
 SCHEMA_VERSION = 1
+_OPTIONAL_RECORDS = ("search", "scores", "latency", "supernet")
 
 
 @dataclass
@@ -33,6 +34,16 @@ class PrunePlan:
         block_options: family options passed to `apply_pruning` (`swap_at_start`, `prune_norm1`).
         notes: free text.
         schema_version: format version; files with another version are refused.
+        search: how a search chose the blocks (method, target, candidates, budget, seed, timings);
+            None for a plan not made by `updp search`.
+        scores: the evidence for the choice (holdout accuracy of the pick, of the baseline, of
+            random picks of the same size; the top subnets scored).
+        latency: predicted speedup (latency table) and the full-model measurement of the pick,
+            with the latency setups.
+        supernet: the supernet training summary.
+
+    The last four are optional additions to version 1: absent from the JSON when None, so plans
+    without them are byte-for-byte what earlier versions wrote, and older plans load unchanged.
     """
 
     model: str
@@ -46,6 +57,10 @@ class PrunePlan:
     block_options: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     schema_version: int = SCHEMA_VERSION
+    search: dict[str, Any] | None = None
+    scores: dict[str, Any] | None = None
+    latency: dict[str, Any] | None = None
+    supernet: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.input_size = tuple(int(s) for s in self.input_size)
@@ -56,11 +71,43 @@ class PrunePlan:
             raise InputError(f"prune plan: {len(self.blocks)} blocks but {len(self.block_names)} block names")
         if not 0.0 <= self.lam <= 1.0:
             raise InputError(f"prune plan: lam must be in [0, 1], got {self.lam}")
+        for name in _OPTIONAL_RECORDS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, dict):
+                raise InputError(f"prune plan: {name} must be a JSON object or absent")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
+        for name in _OPTIONAL_RECORDS:
+            if d[name] is None:
+                del d[name]
         return d
+
+    def check_model(self, model: Any) -> list[Any]:
+        """Check that the plan's blocks exist in `model` and can be pruned; their `BlockInfo`s.
+
+        Raises:
+            InputError: a block index out of range, a recorded block name that differs from the
+                model's block at that index (the plan was made for another model), or a block
+                that is not prunable. One line, naming the block.
+        """
+        from updp.pruning.discover import find_blocks
+
+        found = find_blocks(model)
+        out = []
+        for k, i in enumerate(self.blocks):
+            if not 0 <= i < len(found):
+                raise InputError(f"prune plan: block {i} does not exist: {self.model} has {len(found)} "
+                                 f"recognized blocks (0..{len(found) - 1})")
+            info = found[i]
+            if self.block_names and self.block_names[k] != info.name:
+                raise InputError(f"prune plan: block {i} is {info.name!r} in this model, the plan names "
+                                 f"{self.block_names[k]!r} (a plan for another model?)")
+            if not info.prunable:
+                raise InputError(f"prune plan: block {i} ({info.name}) is not prunable: {info.reason}")
+            out.append(info)
+        return out
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

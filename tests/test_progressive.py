@@ -1,0 +1,172 @@
+"""Progressive subnet training (UPDP step 3) end to end through the CLI, its ablations, bad input.
+
+Runs are tiny (a few steps on the bundled 8x8 digits at 32x32): they check the plumbing and the
+exact λ = 1 end state, not accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from updp.cli import main
+from updp.errors import InputError, UnsupportedError
+from updp.models import create_model
+from updp.pruning import PrunePlan, find_blocks
+from updp.pruning.progressive import PruneConfig, drop_blocks, prune_checkpoint
+from updp.pruning.train import TrainConfig, load_trained
+
+TINY = ["--data", "digits", "--batch-size", "32", "--max-steps-per-epoch", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("base")
+    path = d / "base.pt"
+    assert main(["-q", "train", "convnext_atto", "--epochs", "1", "--out", str(path), *TINY]) == 0
+    return path
+
+
+def _lams(ck) -> list[float]:
+    return [float(v) for k, v in ck["model"].items() if k.endswith("_extra_state")]
+
+
+def test_train_prune_export_eval_cli(tmp_path, base, capsys):
+    pruned = tmp_path / "p.pt"
+    assert main(["prune", "--checkpoint", str(base), "--prune", "2", "--epochs", "2", "--out", str(pruned),
+                 "--json", *TINY]) == 0
+    report = json.loads(capsys.readouterr().out)
+    ck = torch.load(pruned, weights_only=True)
+    plan = PrunePlan.from_dict(ck["plan"])
+    assert plan.lam == 1.0 and len(plan.blocks) == 2 and plan.num_classes == 10
+    assert plan.input_size == (3, 32, 32) and "updp progressive" in plan.notes and "kd alpha=0.5" in plan.notes
+    assert _lams(ck) == [1.0, 1.0]                       # exactly mergeable
+    assert report["history"][-1]["lam"] == 1.0 and report["at_start"]["acc"] == report["baseline"]["acc"]
+    out = tmp_path / "p.onnx"
+    # MODEL is checked against the checkpoint; classes and input size come from it.
+    assert main(["-q", "export", "convnext_atto", "--checkpoint", str(pruned), "--out", str(out)]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["updp.pruned_blocks"]) == plan.blocks
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", "digits", "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["n"] == 359 and ev["provider"] == "CPUExecutionProvider"
+
+
+def test_plan_file_abrupt_and_schedule_options(tmp_path, base):
+    plan = PrunePlan(model="timm:convnext_atto", input_size=(3, 32, 32), blocks=[3, 5],
+                     block_names=["stages.1.blocks.1", "stages.2.blocks.1"], selection_rule="search:test")
+    plan.save(str(tmp_path / "plan.json"))
+    out = tmp_path / "abrupt.pt"
+    assert main(["-q", "prune", "--checkpoint", str(base), "--plan", str(tmp_path / "plan.json"), "--abrupt",
+                 "--no-kd", "--epochs", "1", "--out", str(out), *TINY]) == 0
+    ck = torch.load(out, weights_only=True)
+    p = PrunePlan.from_dict(ck["plan"])
+    assert p.blocks == [3, 5] and p.selection_rule == "search:test" and "abrupt" in p.notes and "no kd" in p.notes
+    assert ck["config"]["kd_alpha"] == 0.0 and _lams(ck) == [1.0, 1.0]
+
+
+def test_step_schedule_api_ramp_reaches_one(tmp_path, base):
+    seen = []
+    res = prune_checkpoint(str(base), "digits", blocks=[1], prune=PruneConfig(schedule="step", ramp_fraction=1.0),
+                           train=TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=2, progress=False,
+                                             out=str(tmp_path / "s.pt")))
+    seen = [h["lam"] for h in res.train.history]
+    assert seen[-1] == 1.0 and seen[0] < 1.0
+    loaded = load_trained(str(tmp_path / "s.pt"))
+    assert loaded.plan.blocks == [1]
+
+
+def test_drop_ablation_exports_a_shallower_model(tmp_path, base, capsys):
+    out = tmp_path / "drop.pt"
+    assert main(["-q", "prune", "--checkpoint", str(base), "--blocks", "1,3", "--drop", "--epochs", "1",
+                 "--out", str(out), *TINY]) == 0
+    ck = torch.load(out, weights_only=True)
+    assert ck["plan"]["block_options"] == {"drop": True}
+    assert not any(k.startswith("stages.0.blocks.1.") for k in ck["model"])
+    loaded = load_trained(str(out))
+    assert len(find_blocks(loaded.module)) == 10
+    onnx_out = tmp_path / "drop.onnx"
+    assert main(["-q", "export", "timm:convnext_atto", "--checkpoint", str(out), "--out", str(onnx_out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 359
+
+
+def test_drop_refuses_projection_shortcut():
+    m, _ = create_model("resnet18", num_classes=10)
+    with pytest.raises(UnsupportedError, match="projection shortcut"):
+        drop_blocks(m, [2])  # layer2.0 has a downsample path
+    assert drop_blocks(m, [1]) == ["layer1.1"]
+
+
+def test_vit_tiny_via_api(tmp_path):
+    base = tmp_path / "vit.pt"
+    assert main(["-q", "train", "vit_tiny_patch16_224", "--model-kwarg", "patch_size=4", "--model-kwarg", "depth=2",
+                 "--epochs", "1", "--out", str(base), *TINY]) == 0
+    res = prune_checkpoint(str(base), "digits", blocks=[1],
+                           train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2, progress=False,
+                                             out=str(tmp_path / "vitp.pt")))
+    assert res.plan.model_kwargs["img_size"] == 32 and res.plan.model_kwargs["patch_size"] == 4
+    assert main(["-q", "export", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "vitp.pt"),
+                 "--out", str(tmp_path / "vit.onnx")]) == 0
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+@pytest.mark.parametrize("argv, match", [
+    (["prune", "--blocks", "1", "--data", "imagefolder:/no/such", "--epochs", "1"], "not found"),
+    (["prune", "--blocks", "99", "--data", "digits", "--epochs", "1"], "12 recognized blocks"),
+    (["prune", "--blocks", "1", "--model", "resnet18", "--data", "digits", "--epochs", "1"], "holds a timm:convnext"),
+    (["eval", "--data", "digits"], "holds a timm:convnext_atto, not resnet18"),
+])
+def test_bad_input_is_one_line(tmp_path, base, capsys, argv, match):
+    if argv[0] == "prune":
+        argv = [*argv, "--checkpoint", str(base), "--out", str(tmp_path / "x.pt"), "--no-progress"]
+    else:
+        argv = [*argv, str(base), "--model", "resnet18"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_export_with_wrong_model_name(tmp_path, base, capsys):
+    assert main(["export", "resnet18", "--checkpoint", str(base), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "holds a timm:convnext_atto, not resnet18" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_plan_naming_missing_or_other_blocks(tmp_path, base):
+    bad = PrunePlan(model="convnext_atto", input_size=(3, 32, 32), blocks=[40])
+    with pytest.raises(InputError, match="names block 40"):
+        prune_checkpoint(str(base), "digits", plan=bad, train=TrainConfig(epochs=1, progress=False))
+    wrong = PrunePlan(model="convnext_atto", input_size=(3, 32, 32), blocks=[2], block_names=["stages.0.blocks.0"])
+    with pytest.raises(InputError, match="block 2 is 'stages.1.blocks.0'"):
+        prune_checkpoint(str(base), "digits", plan=wrong, train=TrainConfig(epochs=1, progress=False))
+    other = PrunePlan(model="resnet18", input_size=(3, 32, 32), blocks=[1])
+    with pytest.raises(InputError, match="plan is for resnet18"):
+        prune_checkpoint(str(base), "digits", plan=other, train=TrainConfig(epochs=1, progress=False))
+
+
+def test_class_count_mismatch(tmp_path, base):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("a", "b", "c"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    with pytest.raises(InputError, match="10 classes, the data .* has 3"):
+        prune_checkpoint(str(base), f"imagefolder:{tmp_path}", blocks=[1], train=TrainConfig(epochs=1, progress=False))
+
+
+def test_pruned_checkpoint_cannot_be_pruned_again(tmp_path, base):
+    out = tmp_path / "p.pt"
+    prune_checkpoint(str(base), "digits", blocks=[1], train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=1,
+                                                                         progress=False, out=str(out)))
+    with pytest.raises(InputError, match="already pruned"):
+        prune_checkpoint(str(out), "digits", blocks=[2], train=TrainConfig(epochs=1, progress=False))

