@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
                                "Distillation from the frozen baseline is on by default (--no-kd).\n\n"
                                "examples:\n  updp prune --checkpoint base.pt --prune 2 --data mnist5k --epochs 5 "
                                "--out p2.pt\n"
-                               "  updp prune --checkpoint base.pt --plan plan.json --data mnist5k --epochs 5 --out p.pt\n"
+                               "  updp prune --checkpoint base.pt --plan plan.json --data mnist5k --epochs 5 "
+                               "--out p.pt\n"
                                "  updp prune --checkpoint base.pt --blocks 1,3 --abrupt --data mnist5k --epochs 5 "
                                "--out abrupt.pt\n"
                                "  updp export convnext_atto --checkpoint p2.pt --out p2.onnx")

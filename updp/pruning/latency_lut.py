@@ -9,7 +9,8 @@ planner actually produces for each block:
 * every candidate block pruned at λ = 1 and merged.
 
 Both are profiled per node (`updp.latency.profile_nodes`, ORT CPU by default) and the node times are
-summed per block by module scope (`aggregate_by_block`); the blocks' forms do not interact in the
+summed per block by module scope (`aggregate_by_block`), in several rounds alternating between the
+two graphs, keeping each block's median over rounds; the blocks' forms do not interact in the
 graph (each block's merge only touches its own nodes), so a subnet's kernel time is additive:
 
     K(S) = Σ_{i ∉ S} base_i + Σ_{i ∈ S} pruned_i
@@ -41,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from updp.errors import InputError
@@ -299,7 +301,7 @@ def _export(module: torch.nn.Module, input_shape: tuple[int, ...], pruned: Seque
 
 
 def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates: Sequence[int] | None = None,
-              setup=None, profile_runs: int = 30, model_label: str = "custom",
+              setup=None, profile_runs: int = 2, profile_rounds: int = 15, model_label: str = "custom",
               workdir: str | None = None) -> LatencyLUT:
     """Measure the latency table of `module` (see the module docstring).
 
@@ -308,7 +310,8 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         input_shape: (B, C, H, W).
         candidates: block indices to measure; default every prunable block.
         setup: `LatencySetup`; default ORT CPU, 2 threads, ORT_ENABLE_ALL, 10 warm-up, 50 repeats.
-        profile_runs: profiled runs per graph.
+        profile_runs: profiled runs per round and graph (the per-node mean of a round).
+        profile_rounds: rounds per graph, alternating between the graphs; per-block median over rounds.
         model_label: recorded in the table.
         workdir: keep the two ONNX files there (default: a temporary directory).
 
@@ -342,23 +345,30 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         base_path, all_path = d / "lut_base.onnx", d / "lut_all_pruned.onnx"
         _export(module, shape, [], base_path, verify=False, label=model_label)
         _export(module, shape, cand, all_path, verify=False, label=model_label)
-        prof_base = aggregate_by_block(profile_nodes(str(base_path), setup, runs=profile_runs), scopes)
-        prof_all = aggregate_by_block(profile_nodes(str(all_path), setup, runs=profile_runs), scopes)
+        # Rounds alternate between the two graphs; the per-block median over rounds drops the
+        # bursts a busy machine puts into a per-node mean (seen: one block 10x its usual time).
+        rounds: dict[str, list[dict[str, float]]] = {"base": [], "all": []}
+        for r in range(profile_rounds):
+            for key, path in (("base", base_path), ("all", all_path)):
+                prof = aggregate_by_block(profile_nodes(str(path), setup, runs=profile_runs, seed=r), scopes)
+                rounds[key].append({b.label: b.total_us for b in prof.blocks})
         rep = benchmark([("baseline", str(base_path)), ("all_pruned", str(all_path))], setup)
+    med = {key: {label: float(np.median([rd[label] for rd in rds])) for label in rds[0]}
+           for key, rds in rounds.items()}
     w0, w1 = rep.get("baseline").median_ms, rep.get("all_pruned").median_ms
-    table = [BlockLatency(index=i, name=prunable[i].name, base_us=prof_base.get(str(i)).total_us,
-                          pruned_us=prof_all.get(str(i)).total_us) for i in cand]
+    table = [BlockLatency(index=i, name=prunable[i].name, base_us=med["base"][str(i)],
+                          pruned_us=med["all"][str(i)]) for i in cand]
     k0 = sum(b.base_us for b in table)
     k1 = sum(b.pruned_us for b in table)
     if abs(k1 - k0) > 0.01 * k0:
         slope = (w1 - w0) / (k1 - k0)
     else:  # pruning changes (almost) no kernel time: scale kernel time to wall time proportionally
-        slope = w0 / max(prof_base.total_us, 1e-9)
+        slope = w0 / max(sum(med["base"].values()), 1e-9)
         logger.warning("latency table: pruning every candidate changes kernel time by < 1%%; "
                        "using a proportional kernel→wall scale")
     lut = LatencyLUT(model=model_label, input_shape=list(shape), blocks=table, base_ms=w0, all_pruned_ms=w1,
                      ms_per_kernel_us=slope, remainder_ms=w0 - slope * k0,
-                     other_base_us=prof_base.get(OTHER).total_us, other_pruned_us=prof_all.get(OTHER).total_us,
+                     other_base_us=med["base"][OTHER], other_pruned_us=med["all"][OTHER],
                      setup=setup.to_dict(), seconds=time.perf_counter() - t0)
     logger.info("latency table built in %.1fs: baseline %.3f ms, all pruned %.3f ms", lut.seconds, w0, w1)
     return lut

@@ -43,6 +43,7 @@ from updp.pruning.train import (
     Trainer,
     TrainResult,
     evaluate,
+    fast_cpu_math,
     load_trained,
     resolve_device,
     same_model_name,
@@ -222,6 +223,7 @@ def prune_checkpoint(checkpoint: str, data, *, train: TrainConfig, prune: PruneC
     from updp.pruning.discover import find_blocks
 
     prune = prune or PruneConfig()
+    fast_cpu_math()
     loaded = load_trained(checkpoint, model=model)
     if loaded.plan is not None:
         raise InputError(f"{checkpoint} is already pruned (it carries a plan for blocks {loaded.plan.blocks}); "

@@ -75,6 +75,7 @@ class SearchSpace:
     target_blocks: int | None = None
     target_speedup: float | None = None
     lut: Any = None
+    _count: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.candidates = tuple(sorted({int(i) for i in self.candidates}))
@@ -122,7 +123,9 @@ class SearchSpace:
             return math.comb(n, self.target_blocks)
         if n > _COUNT_ENUMERATE_MAX:
             return None
-        return sum(1 for _ in self._enumerate_speedup())
+        if self._count is None:  # up to 2^20 latency predictions: do it once
+            self._count = sum(1 for _ in self._enumerate_speedup())
+        return self._count
 
     def _enumerate_speedup(self):
         for k in range(len(self.candidates) + 1):

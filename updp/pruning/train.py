@@ -155,6 +155,16 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+def fast_cpu_math() -> None:
+    """Flush denormal floats to zero (process-wide; a no-op where the CPU cannot).
+
+    Why: freshly initialized timm ConvNeXts (layer scale 1e-6) and freshly inserted BNs produce
+    denormal activations, on which x86 float math is ~10-50x slower: a 4-step pruning run on
+    2 cores took 47 s with denormals and 2 s without. Flushing changes values below 1.2e-38 only.
+    """
+    torch.set_flush_denormal(True)
+
+
 def _all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
     if not (dist.is_available() and dist.is_initialized()):
         return values
@@ -331,6 +341,8 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu":
+            fast_cpu_math()
         self.distributed = _init_distributed(self.device)
         self.rank, self.world, _ = dist_info()
         if self.device.type == "cuda":
@@ -359,8 +371,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           _WarmupCosine(self.total_steps, min(warmup, self.total_steps)))
+        lr_lambda = _WarmupCosine(self.total_steps, min(warmup, self.total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         self.epoch = 0   # epochs finished
         self.step = 0    # optimizer steps done
         self.history: list[dict] = []
@@ -734,6 +746,7 @@ def evaluate_file(path: str, data_spec: str, *, split: str = "val", batch_size: 
     """
     from updp.data import get_datasets
 
+    fast_cpu_math()
     if split not in ("val", "holdout", "train"):
         raise InputError(f"--split must be val, holdout or train, got {split!r}")
     t0 = time.perf_counter()
@@ -757,10 +770,14 @@ def evaluate_file(path: str, data_spec: str, *, split: str = "val", batch_size: 
         res = evaluate_onnx(path, getattr(data, split), batch_size=batch_size, num_classes=data.num_classes)
         kind = "onnx"
     else:
-        loaded = load_trained(path, model=model, input_size=input_size)
-        chw = loaded.spec["input_size"]
-        size = input_size or tuple(chw[1:])
-        data = get_datasets(data_spec, size, split_seed=split_seed)
+        if model is not None:  # a plain state dict: the classes come from the data
+            size = input_size or (32, 32)
+            data = get_datasets(data_spec, size, split_seed=split_seed)
+            loaded = load_trained(path, model=model, input_size=size, num_classes=data.num_classes)
+        else:
+            loaded = load_trained(path)
+            size = input_size or tuple(loaded.spec["input_size"][1:])
+            data = get_datasets(data_spec, size, split_seed=split_seed)
         n_cls = loaded.spec.get("num_classes")
         if n_cls is not None and n_cls != data.num_classes:
             raise InputError(f"{path} has {n_cls} classes, the data ({data_spec}) has {data.num_classes}")
