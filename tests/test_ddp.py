@@ -22,6 +22,7 @@ def test_two_process_cpu_training_keeps_replicas_identical(tmp_path):
     out = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "updp", "-v", "train", "timm:convnext_atto",
+           "--model-kwarg", "dims=[16,32,48,64]",
            "--data", "digits", "--epochs", "1", "--batch-size", "16", "--max-steps-per-epoch", "3",
            "--out", str(out), "--no-progress", "--device", "cpu", "--json"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)

@@ -17,13 +17,14 @@ from updp.errors import InputError
 from updp.pruning.progressive import prune_checkpoint
 from updp.pruning.train import TrainConfig, evaluate_file
 
+SMALL = ["--model-kwarg", "dims=[16,32,48,64]"]  # atto's depths, thinner (fast CPU steps)
 TINY = ["--data", "digits", "--batch-size", "32", "--max-steps-per-epoch", "4", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval")
-    assert main(["-q", "train", "convnext_atto", "--epochs", "1", "--out", str(d / "base.pt"), *TINY]) == 0
+    assert main(["-q", "train", "convnext_atto", *SMALL, "--epochs", "1", "--out", str(d / "base.pt"), *TINY]) == 0
     prune_checkpoint(str(d / "base.pt"), "digits", blocks=[2, 9],
                      train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=4, progress=False,
                                        out=str(d / "p.pt")))
@@ -55,3 +56,16 @@ def test_eval_errors(pruned, tmp_path, capsys):
             evaluate_file(str(onnx_path), "digits", input_size=(16, 16))
     assert main(["eval", str(tmp_path / "none.onnx"), "--data", "digits"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_eval_plain_state_dict_needs_model_name(tmp_path, capsys):
+    import torch
+
+    from updp.models import create_model
+
+    m, _ = create_model("convnext_atto", num_classes=10)
+    torch.save(m.state_dict(), tmp_path / "plain.pt")
+    assert main(["eval", str(tmp_path / "plain.pt"), "--data", "digits"]) == 2
+    assert "give the model name" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "plain.pt"), "--model", "convnext_atto", "--data", "digits", "--json"]) == 0
+    assert '"n": 359' in capsys.readouterr().out

@@ -51,7 +51,8 @@ def test_json_round_trip(tmp_path):
 def test_build_and_check_on_a_tiny_model():
     model = timm.create_model("convnext_atto", depths=(1, 1, 2, 1), num_classes=10).eval()
     setup = LatencySetup(threads=2, warmup=3, repeats=20)
-    lut = build_lut(model, (1, 3, 32, 32), setup=setup, model_label="timm:convnext_atto")
+    lut = build_lut(model, (1, 3, 32, 32), setup=setup, profile_runs=3, profile_rounds=3,
+                    model_label="timm:convnext_atto")
     assert lut.indices == [0, 1, 2, 3, 4]
     assert all(b.base_us > b.pruned_us > 0 for b in lut.blocks)  # a merged ConvNeXt block is cheaper
     assert lut.predict([]) == pytest.approx(lut.base_ms)

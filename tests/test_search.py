@@ -8,6 +8,7 @@ import json
 import pytest
 import timm
 import torch
+from timm.models.resnet import BasicBlock, ResNet
 
 from updp.errors import InputError
 from updp.pruning import PrunePlan, find_blocks
@@ -123,7 +124,8 @@ def test_random_picks_same_size_and_distinct():
 
 def test_scorer_recalibrates_and_restores_bn_state():
     torch.manual_seed(0)
-    model = timm.create_model("resnet18", num_classes=3).eval()  # BNs shared by both forms
+    # a ResNet: its BNs are shared by both forms of a block
+    model = ResNet(BasicBlock, layers=(1, 1, 1, 1), num_classes=3).eval()
     build_supernet(model, [0, 1])
     g = torch.Generator().manual_seed(0)
     calib = [torch.randn(8, 3, SIZE, SIZE, generator=g) for _ in range(2)]
@@ -176,3 +178,35 @@ def test_plan_naming_missing_blocks_is_one_line_input_error():
         with pytest.raises(InputError, match=match) as e:
             bad.check_model(model)
         assert "\n" not in str(e.value)
+
+
+def test_run_search_end_to_end(tmp_path):
+    from updp.pruning.search import run_search
+
+    torch.manual_seed(0)
+    kwargs = {"depths": [1, 1, 2, 1]}
+    model = timm.create_model("convnext_atto", num_classes=10, **kwargs).eval()
+    spec = {"model": "timm:convnext_atto", "kwargs": kwargs, "num_classes": 10, "input_size": [3, SIZE, SIZE]}
+    torch.save({"model": model.state_dict(), "model_spec": spec, "plan": None}, tmp_path / "base.pt")
+    res = run_search(str(tmp_path / "base.pt"), "digits", target_blocks=2, out=str(tmp_path / "plan.json"),
+                     epochs=1, max_steps_per_epoch=2, batch_size=32, calib_batches=1, n_random=2,
+                     bench_repeats=10, profile_rounds=2, progress=False, device="cpu")
+    assert res.method == "exhaustive" and res.n_evals == 10 and len(res.blocks) == 2
+    assert len(res.random_picks) == 2 and res.measured_speedup > 0 and res.predicted_speedup > 1
+    plan = PrunePlan.load(str(tmp_path / "plan.json"))
+    assert plan.blocks == res.blocks and plan.block_names == res.block_names
+    assert plan.selection_rule == "exhaustive: holdout acc, target 2 blocks"
+    assert plan.scores["winner"] == res.holdout_acc and len(plan.scores["random_picks"]) == 2
+    assert plan.latency["measured_speedup"] == res.measured_speedup and plan.latency["lut_setup"]["threads"] == 2
+    assert plan.supernet["epochs"] == 1
+    assert (tmp_path / "plan.lut.json").is_file() and (tmp_path / "plan.supernet.pt").is_file()
+    assert "pruned blocks" in res.format_summary() and json.dumps(res.to_dict(), default=str)
+    plan.check_model(model)
+    # the trained supernet is reused without training, and a wrong target is one line
+    again = run_search(str(tmp_path / "base.pt"), "digits", target_blocks=2, out=str(tmp_path / "plan2.json"),
+                       epochs=1, reuse_supernet=True, supernet_out=str(tmp_path / "plan.supernet.pt"),
+                       lut=str(tmp_path / "plan.lut.json"), calib_batches=1, n_random=0, measure=False,
+                       batch_size=32, progress=False, device="cpu")
+    assert again.blocks == res.blocks and again.holdout_acc == res.holdout_acc
+    with pytest.raises(InputError, match="exactly one of"):
+        run_search(str(tmp_path / "base.pt"), "digits", out=str(tmp_path / "p.json"), epochs=0)

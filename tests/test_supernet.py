@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import timm
 import torch
 from torch.utils.data import TensorDataset
-
-import pytest
 
 from updp.data import DataBundle
 from updp.errors import InputError, UnsupportedError

@@ -590,7 +590,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
                batch_size: int = 128, lr: float = 1e-3, kd_alpha: float = 0.5, kd_temperature: float = 1.0,
                max_steps_per_epoch: int | None = None, supernet_out: str | None = None,
                reuse_supernet: bool = False, lut: str | None = None, threads: int = 2,
-               measure: bool = True, bench_repeats: int = 50, device: str = "auto", split_seed: int = 0,
+               measure: bool = True, bench_repeats: int = 50, profile_rounds: int = 15,
+               device: str = "auto", split_seed: int = 0,
                top_n: int = 10, progress: bool = True, log_jsonl: str | None = None) -> SearchResult:
     """UPDP steps 1–2: train a supernet from a baseline checkpoint and search the blocks to prune.
 
@@ -616,6 +617,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         threads: ORT intra-op threads for the latency table and the measurement.
         measure: measure the winner end to end against the baseline (ORT, interleaved).
         bench_repeats: timed runs per model for the latency table and the measurement.
+        profile_rounds: profiling rounds per graph for the latency table (`build_lut`).
         device: torch device for training and scoring.
         split_seed: dataset split seed.
         top_n: scored subnets recorded in the plan.
@@ -688,7 +690,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         lut_path = lut
     else:
         fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
-        table = build_lut(fresh, (1, *chw), candidates=cand, setup=setup, model_label=spec["model"])
+        table = build_lut(fresh, (1, *chw), candidates=cand, setup=setup, profile_rounds=profile_rounds,
+                          model_label=spec["model"])
         lut_path = str(out_path.with_suffix(".lut.json"))
         table.save(lut_path)
     timings["latency_table"] = time.perf_counter() - t0

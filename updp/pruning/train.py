@@ -770,14 +770,15 @@ def evaluate_file(path: str, data_spec: str, *, split: str = "val", batch_size: 
         res = evaluate_onnx(path, getattr(data, split), batch_size=batch_size, num_classes=data.num_classes)
         kind = "onnx"
     else:
-        if model is not None:  # a plain state dict: the classes come from the data
-            size = input_size or (32, 32)
-            data = get_datasets(data_spec, size, split_seed=split_seed)
-            loaded = load_trained(path, model=model, input_size=size, num_classes=data.num_classes)
-        else:
-            loaded = load_trained(path)
-            size = input_size or tuple(loaded.spec["input_size"][1:])
-            data = get_datasets(data_spec, size, split_seed=split_seed)
+        from updp.models import read_checkpoint
+
+        payload = read_checkpoint(path)
+        spec = payload.get("model_spec") if isinstance(payload, dict) else None
+        del payload
+        size = input_size or (tuple(spec["input_size"][1:]) if spec else (32, 32))
+        data = get_datasets(data_spec, size, split_seed=split_seed)
+        # A plain state dict (no model_spec) takes its class count from the data.
+        loaded = load_trained(path, model=model, input_size=size, num_classes=None if spec else data.num_classes)
         n_cls = loaded.spec.get("num_classes")
         if n_cls is not None and n_cls != data.num_classes:
             raise InputError(f"{path} has {n_cls} classes, the data ({data_spec}) has {data.num_classes}")
