@@ -177,6 +177,8 @@ def cmd_prune(args) -> int:
     pcfg = PruneConfig(schedule=args.schedule, ramp_fraction=args.ramp_fraction, abrupt=args.abrupt, drop=args.drop,
                        kd=not args.no_kd, kd_alpha=args.kd_alpha, kd_temperature=args.kd_temperature,
                        calib_batches=args.calib_batches, block_options=options)
+    if args.no_supernet and args.plan:
+        raise InputError("--no-supernet takes the blocks from --blocks or --prune; --plan comes from the search")
     plan = PrunePlan.load(args.plan) if args.plan else None
     res = prune_checkpoint(args.checkpoint, args.data, train=_train_config(args), prune=pcfg, blocks=args.blocks,
                            plan=plan, prune_n=args.prune, model=args.model)
@@ -191,6 +193,23 @@ def cmd_prune(args) -> int:
         f"  final val acc {res.train.val_acc:.4f} (lambda = 1) in {res.train.seconds:.1f} s",
         f"  next: updp export {p.model} --checkpoint {res.train.checkpoint} --out pruned.onnx"])
     _emit_rank0(args, res.to_dict(), text)
+    return 0
+
+
+def cmd_search(args) -> int:
+    from updp.pruning.search import run_search
+
+    res = run_search(
+        args.checkpoint, args.data, target_blocks=args.target_blocks, target_speedup=args.target_speedup,
+        out=args.out, epochs=args.epochs, method=args.method, candidates=args.candidates, seed=args.seed,
+        population=args.population, parents=args.parents, max_evals=args.max_evals,
+        exhaustive_limit=args.exhaustive_limit, n_random=args.random_picks, calib_batches=args.calib_batches,
+        recalibrate=args.recalibrate, batch_size=args.batch_size, lr=args.lr, kd_alpha=args.kd_alpha,
+        kd_temperature=args.kd_temperature, max_steps_per_epoch=args.max_steps_per_epoch,
+        supernet_out=args.supernet, reuse_supernet=args.reuse_supernet, lut=args.lut, threads=args.threads,
+        measure=not args.no_measure, bench_repeats=args.bench_repeats, device=args.device,
+        split_seed=args.split_seed, progress=not args.quiet, log_jsonl=args.log_jsonl)
+    _emit_rank0(args, res.to_dict(), res.format_summary())
     return 0
 
 
@@ -360,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     abl.add_argument("--drop", action="store_true",
                      help="ablation: remove the blocks (identity-shortcut blocks only)")
     sp.add_argument("--no-kd", action="store_true", help="ablation: no distillation from the baseline")
+    sp.add_argument("--no-supernet", action="store_true",
+                    help="ablation: take the blocks from --blocks/--prune without a supernet search "
+                         "(refuses --plan, which comes from the search)")
     sp.add_argument("--kd-alpha", type=float, default=0.5, help="distillation weight (default 0.5)")
     sp.add_argument("--kd-temperature", type=float, default=1.0)
     sp.add_argument("--swap-at-start", action="store_true", help="LN -> BN already at lambda = 0 (ablation)")
@@ -382,7 +404,48 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_eval)
 
-    # ------------------------------------------------------------ search (lead: add `updp search` here)
+    sp = sub.add_parser(
+        "search", help="UPDP steps 1-2: supernet training + subnet search -> plan.json", formatter_class=fmt,
+        epilog="Candidates are scored by held-out accuracy (the holdout split, after BN recalibration) and by a\n"
+               "per-block ORT latency table; the winner's speedup is then measured on the full model.\n"
+               "The search is evolutionary, or exhaustive when the space has at most --exhaustive-limit subnets.\n\n"
+               "examples:\n  updp search base.pt --data mnist5k --target-blocks 4 --epochs 3 --out plan.json\n"
+               "  updp search base.pt --data mnist5k --target-speedup 1.3 --epochs 3 --out plan.json\n"
+               "  updp prune --checkpoint base.pt --plan plan.json --data mnist5k --epochs 10 --out pruned.pt")
+    sp.add_argument("checkpoint", help="the trained baseline (from `updp train`, or your own with a model_spec)")
+    data_args(sp)
+    target = sp.add_mutually_exclusive_group(required=True)
+    target.add_argument("--target-blocks", type=int, metavar="K", help="prune exactly K blocks")
+    target.add_argument("--target-speedup", type=float, metavar="S", help="predicted ORT speedup >= S")
+    sp.add_argument("--out", required=True, help="plan .json (written atomically; .lut/.supernet/.search beside it)")
+    sp.add_argument("--epochs", type=int, default=3, help="supernet training epochs (0: score the baseline's "
+                    "weights as they are; default 3)")
+    sp.add_argument("--method", choices=["auto", "evolutionary", "exhaustive"], default="auto")
+    sp.add_argument("--candidates", type=_parse_blocks, metavar="i,j,...", help="restrict the search to these blocks")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--max-evals", type=int, default=120, help="evolutionary budget of scored subnets")
+    sp.add_argument("--population", type=int, default=16)
+    sp.add_argument("--parents", type=int, default=6)
+    sp.add_argument("--exhaustive-limit", type=int, default=64)
+    sp.add_argument("--random-picks", type=int, default=3, help="random subnets of the same size to compare with")
+    sp.add_argument("--recalibrate", choices=["all", "pruned", "none"], default="all",
+                    help="BN recalibration before scoring each candidate")
+    sp.add_argument("--calib-batches", type=int, default=8)
+    sp.add_argument("--batch-size", type=int, default=128)
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--kd-alpha", type=float, default=0.5)
+    sp.add_argument("--kd-temperature", type=float, default=1.0)
+    sp.add_argument("--max-steps-per-epoch", type=int, default=None)
+    sp.add_argument("--supernet", help="where to save (or, with --reuse-supernet, load) the supernet")
+    sp.add_argument("--reuse-supernet", action="store_true")
+    sp.add_argument("--lut", help="reuse a saved latency table (.lut.json)")
+    sp.add_argument("--threads", type=int, default=2, help="ORT threads for the latency table and measurement")
+    sp.add_argument("--bench-repeats", type=int, default=50)
+    sp.add_argument("--no-measure", action="store_true", help="skip the full-model measurement of the winner")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--log-jsonl")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("demo", help="the embedded default job: export, merge, verify, bench a small model",
                         formatter_class=fmt)
