@@ -16,13 +16,15 @@ the real mnist5k data, all through the `updp` CLI (so every step is a command a 
 Report: val accuracy mean ± std over the 3 seeds per method, the merged model's latency vs its
 baseline, and search pick vs random pick. Results go to `benchmarks/results/progressive_ablation.json`.
 
-    .venv/bin/python benchmarks/progressive_ablation.py            # ~40 min CPU on 2 cores
+    .venv/bin/python benchmarks/progressive_ablation.py --models convnext_atto   # ~10 min on 2 cores
+    .venv/bin/python benchmarks/progressive_ablation.py            # + DeiT: about 1 min per DeiT epoch here
     .venv/bin/python benchmarks/progressive_ablation.py --smoke    # a 2-minute mechanics check
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import statistics
@@ -41,9 +43,22 @@ MODELS = {
 METHODS = {"updp": [], "abrupt": ["--abrupt"], "drop": ["--drop"], "no_kd": ["--no-kd"]}
 
 
+CACHE: Path | None = None  # set in main(): <work>/cmd-cache
+
+
 def updp(*args: str, log: list) -> dict:
-    """Run one `updp ... --json` command, keep its command line, return its JSON."""
+    """Run one `updp ... --json` command, keep its command line, return its JSON.
+
+    A finished command's JSON is cached under <work>/cmd-cache, keyed by its command line, so a
+    killed benchmark resumes where it stopped (delete the work directory to start over).
+    """
     cmd = [str(ROOT / ".venv" / "bin" / "updp"), *args, "--json"]
+    key = hashlib.sha1("\0".join(args).encode()).hexdigest()[:16]
+    cached = CACHE / f"{key}.json" if CACHE else None
+    if cached is not None and cached.exists():
+        print(f"[cached ] updp {' '.join(args)}", flush=True)
+        log.append({"cmd": " ".join(cmd[1:]), "seconds": 0.0, "rc": 0, "cached": True})
+        return json.loads(cached.read_text())
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0
@@ -52,6 +67,9 @@ def updp(*args: str, log: list) -> dict:
     if proc.returncode != 0:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}")
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(proc.stdout)
     return json.loads(proc.stdout)
 
 
@@ -127,6 +145,8 @@ def main() -> None:
         args.base_epochs, args.supernet_epochs, args.prune_epochs, args.seeds = 1, 1, 1, 2
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    global CACHE
+    CACHE = work / "cmd-cache"
     log: list = []
     t0 = time.perf_counter()
     results = {name: run_model(name, MODELS[name], args, work, log) for name in args.models}
