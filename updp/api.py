@@ -477,3 +477,154 @@ def demo(out_dir: str = "runs/demo", quick: bool = False) -> int:
           f"max abs diff {pruned.max_abs_diff:.1e}")
     print(f"results in {out}/ (bench.json, *.onnx)")
     return 0
+
+
+# ------------------------------------------------------------------ the short Python API (issue #4)
+#
+# Thin wrappers with keyword defaults, so that a script reads like the README:
+#
+#     import updp
+#     updp.train("convnext_atto", data="mnist5k", epochs=10, out="base.pt")
+#     plan = updp.search("base.pt", data="mnist5k", target_blocks=4, out="plan.json")
+#     updp.prune("base.pt", plan, data="mnist5k", epochs=6, out="pruned.pt")
+#     updp.export("pruned.pt", "pruned.onnx")
+#
+# Each one calls what the matching CLI command calls; `updp.run` is `updp run`.
+
+
+def train(model: str, *, data: str, epochs: int, out: str, input_size: int | tuple[int, int] = 32,
+          model_kwargs: dict | None = None, checkpoint: str | None = None, batch_size: int = 128,
+          lr: float = 2e-3, seed: int = 0, split_seed: int = 0, device: str = "auto", resume: bool = False,
+          max_steps_per_epoch: int | None = None, progress: bool = True):
+    """Train (or, from `checkpoint`, fine-tune) a baseline on a local dataset (`updp train`).
+
+    Args:
+        model: `timm:NAME`, `torchvision:NAME` or a bare timm NAME.
+        data: `mnist5k`, `digits`, `imagefolder:PATH` or `cifar10:PATH`.
+        epochs, out: training length and the checkpoint written every epoch.
+        checkpoint: your own initial weights (a state dict with the data's class count).
+        Others: as `updp.pruning.train.TrainConfig`.
+
+    Returns:
+        `TrainResult` (val accuracy, history, checkpoint path).
+    """
+    from updp.data import get_datasets
+    from updp.models import load_checkpoint
+    from updp.pruning.train import TrainConfig, Trainer, build_for_data
+
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    bundle = get_datasets(data, size, split_seed=split_seed)
+    module, spec = build_for_data(model, bundle, model_kwargs=model_kwargs)
+    if checkpoint:
+        load_checkpoint(module, checkpoint)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, out=str(out),
+                      resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch)
+    return Trainer(module, bundle, cfg,
+                   checkpoint_extra=lambda: {"model_spec": spec, "data": bundle.description}).fit()
+
+
+def search(checkpoint: str, *, data: str, out: str = "plan.json", target_blocks: int | None = None,
+           target_speedup: float | None = None, epochs: int = 2, **options):
+    """Supernet + subnet search from a trained baseline (`updp search`); writes the plan to `out`.
+
+    `options` go to `updp.pruning.search.run_search` (e.g. `max_evals`, `threads`, `max_steps_per_epoch`).
+
+    Returns:
+        `SearchResult`; its `.plan` is the `PrunePlan` (also saved at `out`).
+    """
+    from updp.pruning.search import run_search
+
+    return run_search(str(checkpoint), data, target_blocks=target_blocks, target_speedup=target_speedup,
+                      out=str(out), epochs=epochs, **options)
+
+
+def prune(checkpoint: str, plan=None, *, data: str, out: str, epochs: int, blocks: list[int] | None = None,
+          prune_n: int | None = None, kd: bool = True, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
+          split_seed: int = 0, device: str = "auto", resume: bool = False,
+          max_steps_per_epoch: int | None = None, progress: bool = True, **prune_options):
+    """Progressive training of the chosen blocks (`updp prune`); the checkpoint at `out` carries its plan.
+
+    Args:
+        checkpoint: the baseline checkpoint.
+        plan: a `PrunePlan`, a `SearchResult` (its plan), or a plan .json path; or give `blocks` /
+            `prune_n` instead.
+        prune_options: `updp.pruning.progressive.PruneConfig` fields (`schedule`, `abrupt`, ...).
+
+    Returns:
+        `PruneResult` (plan, training result, baseline and at-start accuracies).
+    """
+    from updp.data import get_datasets
+    from updp.pruning import PrunePlan
+    from updp.pruning.progressive import PruneConfig, prune_checkpoint
+    from updp.pruning.train import TrainConfig, load_trained
+
+    if plan is not None and not isinstance(plan, PrunePlan):
+        plan = plan.plan if hasattr(plan, "plan") else PrunePlan.load(str(plan))
+    spec = load_trained(str(checkpoint)).spec
+    bundle = get_datasets(data, tuple(spec["input_size"][1:]), split_seed=split_seed)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0.0, seed=seed, device=device,
+                      out=str(out), resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch)
+    return prune_checkpoint(str(checkpoint), bundle, train=cfg, prune=PruneConfig(kd=kd, **prune_options),
+                            blocks=blocks, plan=plan, prune_n=prune_n)
+
+
+def export(checkpoint: str | None, out: str, *, model: str | None = None, **options) -> ExportResult:
+    """Export to ONNX, merge the pruned blocks, verify, write `out` (`updp export`).
+
+    Args:
+        checkpoint: a checkpoint of `updp train`/`updp prune` (the model name comes from it), or
+            None for random weights (then give `model`).
+        options: `ExportOptions` fields (`blocks`, `prune`, `batch`, `dynamic_batch`, `verify`, ...).
+    """
+    if checkpoint is not None and model is None:
+        from updp.models import read_checkpoint
+
+        payload = read_checkpoint(checkpoint)
+        spec = payload.get("model_spec") if isinstance(payload, dict) else None
+        if not spec:
+            raise InputError(f"{checkpoint} carries no model_spec: pass model=...")
+        model = spec["model"]
+    if model is None:
+        raise InputError("export: give a checkpoint or model=...")
+    return export_model(ExportOptions(model=model, checkpoint=str(checkpoint) if checkpoint else None, **options),
+                        out=out)
+
+
+def bench(paths: list[str], *, threads: int = 2, opt_levels: list[str] | None = None, repeats: int = 50,
+          warmup: int = 10, batch: int = 1):
+    """Interleaved latency of ONNX files under ORT_DISABLE_ALL and ORT_ENABLE_ALL (`updp bench`).
+
+    Returns:
+        `BenchReport`; speedups relative to the first file (`.format_table()`, `.get(name, level)`).
+    """
+    return bench_files([str(p) for p in paths], threads=threads, opt_levels=opt_levels or ["disable", "all"],
+                       repeats=repeats, warmup=warmup, batch=batch)
+
+
+def evaluate(path: str, *, data: str, split: str = "val", split_seed: int = 0) -> dict:
+    """Accuracy of an ONNX file (ONNX Runtime) or a checkpoint (torch) (`updp eval`)."""
+    from updp.pruning.train import evaluate_file
+
+    return evaluate_file(str(path), data, split=split, split_seed=split_seed)
+
+
+def run(config=None, out_dir: str = "runs/updp", *, resume: bool = False, **overrides):
+    """The whole chain in a run directory (`updp run`); returns the `RunOutcome`.
+
+    Args:
+        config: a `RunConfig`, a path to a .toml/.yaml/.json run config, or None for the defaults.
+        overrides: sections to change, e.g. `prune={"epochs": 8}`, `device="cpu"`.
+    """
+    from updp.pipeline import RunConfig, run_pipeline
+
+    if config is None and not resume:
+        config = RunConfig()
+    elif config is not None and not isinstance(config, RunConfig):
+        config = RunConfig.load(config)
+    if overrides:
+        if config is None:
+            from updp.pipeline.run import resolve_config
+
+            config = resolve_config(None, Path(out_dir), resume=True)
+        config = config.replace(**overrides)
+    return run_pipeline(config, out_dir, resume=resume)

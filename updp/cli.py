@@ -224,6 +224,71 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _run_config(args):
+    """The run config: --config file (or the saved one with --resume, or the defaults), then flags."""
+    from pathlib import Path
+
+    from updp.pipeline import RunConfig
+
+    if args.config:
+        cfg = RunConfig.load(args.config)
+    elif args.resume:
+        saved = Path(args.resume) / "config.json"
+        if not saved.is_file():
+            raise InputError(f"--resume {args.resume}: no config.json there (not an updp run directory)")
+        cfg = RunConfig.from_json(saved.read_text())
+    else:
+        cfg = RunConfig()
+    over: dict = {"model": {}, "data": {}, "baseline": {}, "search": {}, "prune": {}, "bench": {}}
+    for flag, section, key in (("model", "model", "name"), ("input_size", "model", "input_size"),
+                               ("data", "data", "spec"), ("split_seed", "data", "split_seed"),
+                               ("baseline_epochs", "baseline", "epochs"), ("blocks", "search", "blocks"),
+                               ("search_epochs", "search", "epochs"), ("max_evals", "search", "max_evals"),
+                               ("prune_epochs", "prune", "epochs"), ("threads", "bench", "threads"),
+                               ("repeats", "bench", "repeats")):
+        value = getattr(args, flag)
+        if value is not None:
+            over[section][key] = list(value) if isinstance(value, tuple) else value
+    if args.model_kwarg:
+        over["model"]["kwargs"] = {**cfg.model.kwargs, **_parse_kwargs(args.model_kwarg)}
+    if args.checkpoint:
+        over["baseline"]["checkpoint"] = args.checkpoint
+        over["baseline"].setdefault("epochs", 0)  # take it as is unless --baseline-epochs fine-tunes it
+    if args.target_blocks is not None or args.target_speedup is not None:
+        over["search"].update(target_blocks=args.target_blocks, target_speedup=args.target_speedup, blocks=None)
+    elif args.blocks is not None:
+        over["search"].update(target_blocks=None, target_speedup=None)
+    if args.no_kd:
+        over["prune"]["kd"] = False
+    top = {k: getattr(args, k) for k in ("device", "max_steps_per_epoch") if getattr(args, k) is not None}
+    return cfg.replace(**{k: v for k, v in over.items() if v}, **top)
+
+
+def cmd_run(args) -> int:
+    from updp.pipeline import run_pipeline
+    from updp.pipeline.run import format_headline
+
+    if not args.print_config and bool(args.out) == bool(args.resume):
+        raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
+    cfg = _run_config(args)
+    if args.print_config:
+        print(cfg.to_toml(), end="")
+        return 0
+
+    def echo(line: str) -> None:
+        if not args.quiet:
+            print(line, file=sys.stderr, flush=True)
+
+    outcome = run_pipeline(cfg, args.out or args.resume, resume=bool(args.resume), force=args.force,
+                           until=args.until, progress=not (args.quiet or args.no_progress), verbose=args.verbose,
+                           echo=echo)
+    payload = {"run_dir": str(outcome.run_dir), "seconds": outcome.seconds, "headline": outcome.headline(),
+               "stages": [vars(s) for s in outcome.stages]}
+    _emit(args, payload, format_headline(outcome) if "report" in outcome.results else
+          f"stopped after {outcome.stages[-1].stage}: {outcome.run_dir}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -446,6 +511,49 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--log-jsonl")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=cmd_search)
+
+    from updp.pipeline.stages import STAGE_NAMES
+
+    sp = sub.add_parser(
+        "run", help="the whole chain: baseline, search, prune, export, eval, bench, report", formatter_class=fmt,
+        epilog="Stages write into the run directory and record a hash of their inputs (config subset + input\n"
+               "files); rerunning skips finished stages whose inputs are unchanged and reruns the rest.\n"
+               "Flags override the config file. The report: DIR/report.html, report.md, results.json.\n\n"
+               "examples:\n  updp run --out runs/atto                       # defaults: convnext_atto, mnist5k\n"
+               "  updp run --config run.toml --out runs/r1\n"
+               "  updp run --resume runs/r1                               # continue a killed run\n"
+               "  updp run --resume runs/r1 --prune-epochs 10             # only prune and later stages rerun\n"
+               "  updp run --checkpoint mine.pt --model convnext_atto --data cifar10:~/c10 --blocks 1,3 --out r2\n"
+               "  updp run --print-config > run.toml                      # the defaults, as a file to edit")
+    where = sp.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", help="run directory of a new (or re-run) run")
+    where.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its saved config (+ flags)")
+    sp.add_argument("--config", metavar="F", help="run config: .toml, .yaml/.yml (pyyaml) or .json")
+    sp.add_argument("--force", action="store_true", help="rerun every stage, even when its inputs are unchanged")
+    sp.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    sp.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
+    sp.add_argument("--model", help="timm:NAME, torchvision:NAME, or a bare NAME (timm)")
+    sp.add_argument("--input-size", type=_parse_input_size, default=None, metavar="S|HxW")
+    sp.add_argument("--model-kwarg", action="append", metavar="KEY=VALUE", help="constructor argument (repeatable)")
+    sp.add_argument("--data", metavar="SPEC", help="mnist5k, digits, imagefolder:PATH, cifar10:PATH")
+    sp.add_argument("--split-seed", type=int, default=None)
+    sp.add_argument("--checkpoint", help="your baseline weights (taken as is unless --baseline-epochs)")
+    sp.add_argument("--baseline-epochs", type=int, default=None, help="baseline training (fine-tuning) epochs")
+    tgt = sp.add_mutually_exclusive_group()
+    tgt.add_argument("--blocks", type=_parse_blocks, metavar="i,j,...", help="prune these blocks (no search)")
+    tgt.add_argument("--target-blocks", type=int, metavar="K", help="search K blocks to prune")
+    tgt.add_argument("--target-speedup", type=float, metavar="S", help="search for a predicted speedup >= S")
+    sp.add_argument("--search-epochs", type=int, default=None, help="supernet epochs")
+    sp.add_argument("--max-evals", type=int, default=None, help="subnets the search scores")
+    sp.add_argument("--prune-epochs", type=int, default=None, help="progressive training epochs")
+    sp.add_argument("--no-kd", action="store_true", help="no distillation in the prune stage")
+    sp.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (latency)")
+    sp.add_argument("--repeats", type=int, default=None, help="interleaved latency rounds")
+    sp.add_argument("--device", default=None, help="torch device for training: auto, cpu, cuda")
+    sp.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
+    sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("demo", help="the embedded default job: export, merge, verify, bench a small model",
                         formatter_class=fmt)

@@ -592,7 +592,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
                reuse_supernet: bool = False, lut: str | None = None, threads: int = 2,
                measure: bool = True, bench_repeats: int = 50, profile_rounds: int = 15,
                device: str = "auto", split_seed: int = 0,
-               top_n: int = 10, progress: bool = True, log_jsonl: str | None = None) -> SearchResult:
+               top_n: int = 10, progress: bool = True, log_jsonl: str | None = None,
+               resume: bool = False) -> SearchResult:
     """UPDP steps 1–2: train a supernet from a baseline checkpoint and search the blocks to prune.
 
     Args:
@@ -622,6 +623,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         split_seed: dataset split seed.
         top_n: scored subnets recorded in the plan.
         progress, log_jsonl: training progress bars and per-epoch log.
+        resume: continue the supernet training from `supernet_out` after its last finished epoch
+            when that file exists (a killed run; `updp run --resume`).
 
     Raises:
         InputError: bad checkpoint, data, target, or options (one line).
@@ -704,7 +707,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     scfg = SupernetConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_alpha=kd_alpha,
                           kd_temperature=kd_temperature, seed=seed, device=device,
                           max_steps_per_epoch=max_steps_per_epoch, out=str(supernet_path) if epochs > 0 else None,
-                          progress=progress, log_jsonl=log_jsonl)
+                          progress=progress, log_jsonl=log_jsonl,
+                          resume=bool(resume and epochs > 0 and supernet_path.is_file()))
     if reuse_supernet:
         model, _, _, rec = load_supernet(str(supernet_path))
         if sorted(rec["candidates"]) != cand:

@@ -1,0 +1,239 @@
+"""`updp run`: config round trips, stage skipping by content hash, downstream reruns, resume after a
+kill, the report files, and the CLI's --quiet/--json.
+
+Runs are tiny (a thin 5-block convnext_atto, the bundled 8×8 digits at 32×32, 2 steps per epoch,
+a few latency rounds): they check the plumbing, not accuracy or speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import typing
+
+import pytest
+
+from updp.errors import InputError
+from updp.pipeline import RunConfig, run_pipeline
+from updp.pipeline.config import (
+    BaselineConfig,
+    BenchConfig,
+    DataConfig,
+    ModelConfig,
+    PruneStageConfig,
+    SearchConfig,
+    demo_config,
+)
+from updp.pipeline.run import StageRecord
+
+ALL = ["baseline", "search", "prune", "export", "eval", "bench", "report"]
+
+
+def tiny_config(**over) -> RunConfig:
+    cfg = RunConfig(
+        device="cpu", max_steps_per_epoch=2,
+        model=ModelConfig(name="timm:convnext_atto", input_size=(32, 32),
+                          kwargs={"dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1]}),
+        data=DataConfig(spec="digits"),
+        baseline=BaselineConfig(epochs=1, batch_size=32),
+        search=SearchConfig(target_blocks=2, epochs=1, calib_batches=1, batch_size=32, bench_repeats=5,
+                            profile_rounds=2, random_picks=2),
+        prune=PruneStageConfig(epochs=2, batch_size=32, calib_batches=1),
+        bench=BenchConfig(warmup=2, repeats=5, profile_runs=3))
+    return cfg.replace(**over) if over else cfg
+
+
+def _run(cfg, run_dir, **kw):
+    return run_pipeline(cfg, run_dir, progress=False, **kw)
+
+
+def _actions(outcome) -> dict[str, str]:
+    return {s.stage: s.action for s in outcome.stages}
+
+
+# ------------------------------------------------------------------ config (no training)
+
+def test_config_round_trips_json_toml_yaml(tmp_path):
+    cfg = tiny_config(search={"blocks": [1, 3], "target_blocks": None}, baseline={"checkpoint": "x.pt"})
+    assert RunConfig.from_toml(cfg.to_toml()) == cfg
+    assert RunConfig.from_json(cfg.to_json()) == cfg
+    (tmp_path / "c.toml").write_text(cfg.to_toml())
+    assert RunConfig.load(tmp_path / "c.toml") == cfg
+    yaml = pytest.importorskip("yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert RunConfig.load(tmp_path / "c.yaml") == cfg
+    assert RunConfig.from_toml(demo_config().to_toml()) == demo_config()
+    # a partial file takes the defaults for the rest
+    assert RunConfig.from_toml('[prune]\nepochs = 3\n') == RunConfig().replace(prune={"epochs": 3})
+
+
+def test_optional_fields_default_to_none():
+    """TOML has no null: `to_toml` leaves None out, so a field that may be None must default to None."""
+    sections = [RunConfig, *(type(getattr(RunConfig(), f.name)) for f in dataclasses.fields(RunConfig)
+                             if dataclasses.is_dataclass(getattr(RunConfig(), f.name)))]
+    for cls in sections:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if "None" in str(hints[f.name]):
+                assert f.default is None, f"{cls.__name__}.{f.name}"
+
+
+@pytest.mark.parametrize("text, match", [
+    ("version = 2\n", "version 2 is not supported"),
+    ("[prune]\nepoch = 3\n", r"unknown key\(s\) in \[prune\]: \['epoch'\]"),
+    ("colour = 1\n", "unknown key"),
+    ("[search]\ntarget_blocks = 2\ntarget_speedup = 1.2\n", "not both"),
+    ("[bench]\nopt_levels = ['fast']\n", "unknown optimization level"),
+    ("[model\n", "not valid TOML"),
+])
+def test_bad_config_is_one_line(text, match):
+    with pytest.raises(InputError, match=match) as e:
+        RunConfig.from_toml(text)
+    assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ a whole run
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run") / "r"
+    outcome = _run(tiny_config(), run_dir)
+    return run_dir, outcome
+
+
+def test_full_run_writes_every_stage_and_the_report(done_run):
+    run_dir, outcome = done_run
+    assert _actions(outcome) == dict.fromkeys(ALL, "ran")
+    for stage in ALL:
+        rec = StageRecord.read(run_dir / stage / "stage.json")
+        assert rec.status == "done" and len(rec.input_hash) == 64 and rec.outputs
+    assert RunConfig.from_json((run_dir / "config.json").read_text()) == tiny_config()
+    for name in ("report.md", "report.html", "results.json", "figures/tradeoff.png", "figures/blocks.png"):
+        assert (run_dir / name).is_file(), name
+    html = (run_dir / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<style>" in html and "src=\"figures" not in html
+    md = (run_dir / "report.md").read_text()
+    assert "![accuracy vs latency](figures/tradeoff.png)" in md and "ORT_ENABLE_ALL" in md
+    res = json.loads((run_dir / "results.json").read_text())
+    hl = res["headline"]
+    assert hl["speedup_all"] > 0 and hl["speedup_disable"] > 0 and len(hl["pruned_blocks"]) == 2
+    assert hl["max_abs_diff"] is not None and 0 <= hl["baseline_acc"] <= 1
+    assert res["stages"]["search"]["searched"] and len(res["stages"]["search"]["random_picks"]) == 2
+    profiles = res["stages"]["bench"]["profiles"]
+    assert [b["label"] for b in profiles["baseline"]["blocks"]][:5] == [
+        "0 stages.0.blocks.0", "1 stages.1.blocks.0", "2 stages.2.blocks.0", "3 stages.2.blocks.1",
+        "4 stages.3.blocks.0"]
+
+
+def test_second_run_does_nothing(done_run):
+    run_dir, _ = done_run
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    again = _run(None, run_dir, resume=True)
+    assert _actions(again) == dict.fromkeys(ALL, "skipped")
+    after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    changed = sorted(str(p.relative_to(run_dir)) for p in after if before.get(p) != after[p])
+    assert changed == ["config.json"]  # rewritten with the same content
+    assert again.headline() == json.loads((run_dir / "results.json").read_text())["headline"]
+
+
+def test_changed_input_reruns_that_stage_and_those_after_it(done_run, tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    # explicit blocks: the search stage writes a manual plan (no supernet), prune and later rerun
+    cfg = tiny_config(search={"blocks": [1, 3], "target_blocks": None})
+    out = _run(cfg, run_dir)
+    assert _actions(out) == {"baseline": "skipped", **dict.fromkeys(ALL[1:], "ran")}
+    assert out.results["search"]["searched"] is False and out.results["prune"]["plan"]["blocks"] == [1, 3]
+    assert "no search" in out.results["search"]["rule"] and "manual" in (run_dir / "report.md").read_text()
+    # only the bench settings change: bench and report rerun
+    out = _run(cfg.replace(bench={"repeats": 4}), run_dir)
+    assert [s.stage for s in out.stages if s.action == "ran"] == ["bench", "report"]
+    # a deleted output is noticed
+    (run_dir / "export" / "pruned.onnx").unlink()
+    out = _run(cfg.replace(bench={"repeats": 4}), run_dir)
+    # the ONNX files come back byte for byte, so eval and bench keep their inputs; the report reruns
+    # because the export's result (its timings) changed
+    assert out.ran == ["export", "report"]
+
+
+def test_resume_after_a_kill_continues_training(done_run, tmp_path, monkeypatch):
+    from updp.pruning.train import Trainer
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    real_save, calls = Trainer.save, []
+
+    def save_then_die(self, metrics):
+        real_save(self, metrics)
+        calls.append(self.epoch)
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(Trainer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_config(prune={"epochs": 3}), run_dir)
+    rec = StageRecord.read(run_dir / "prune" / "stage.json")
+    assert rec.status == "failed" and rec.error.startswith("KeyboardInterrupt")
+    assert not (run_dir / "prune" / "result.json").exists()
+    monkeypatch.setattr(Trainer, "save", real_save)
+    out = _run(None, run_dir, resume=True)  # the saved config (prune epochs 3)
+    assert _actions(out) == {"baseline": "skipped", "search": "skipped", "prune": "resumed",
+                             **dict.fromkeys(ALL[3:], "ran")}
+    prune = out.results["prune"]
+    assert prune["resumed"] and [h["epoch"] for h in prune["history"]] == [1, 2, 3]
+    assert prune["history"][-1]["lam"] == 1.0
+    assert StageRecord.read(run_dir / "prune" / "stage.json").attempts == 2
+
+
+def test_failing_stage_is_recorded_and_rerun(done_run, tmp_path, monkeypatch):
+    from updp.pipeline import stages
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+
+    def broken(*a, **k):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr("updp.latency.benchmark", broken)
+    with pytest.raises(RuntimeError, match="injected"):
+        _run(tiny_config(bench={"repeats": 3}), run_dir)
+    assert StageRecord.read(run_dir / "bench" / "stage.json").status == "failed"
+    monkeypatch.undo()
+    out = _run(None, run_dir, resume=True)
+    assert out.ran == ["bench", "report"] and stages.STAGE_NAMES == ALL
+
+
+# ------------------------------------------------------------------ CLI
+
+def test_cli_quiet_json_and_verbose(done_run, tmp_path, capsys):
+    from updp.cli import main
+
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    assert main(["-q", "run", "--resume", str(run_dir), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == ""
+    payload = json.loads(cap.out)
+    assert [s["action"] for s in payload["stages"]] == ["skipped"] * 7 and payload["headline"]["speedup_all"] > 0
+    assert main(["run", "--resume", str(run_dir), "--repeats", "3"]) == 0
+    cap = capsys.readouterr()
+    assert "[6/7] bench    running" in cap.err and "skipped (finished, inputs unchanged)" in cap.err
+    assert "report: " in cap.out and "speedup under ORT_ENABLE_ALL" in cap.out
+    assert "Warning" not in cap.err  # library chatter is hidden
+    with pytest.raises(SystemExit):  # argparse: --out and --resume exclude each other
+        main(["run", "--out", str(tmp_path / "x"), "--resume", str(run_dir)])
+    capsys.readouterr()
+    assert main(["run"]) == 2
+    assert "give --out DIR" in capsys.readouterr().err
+
+
+def test_cli_print_config_and_overrides(capsys):
+    from updp.cli import main
+
+    assert main(["run", "--print-config", "--blocks", "1,3", "--data", "digits", "--checkpoint", "mine.pt",
+                 "--prune-epochs", "4", "--no-kd"]) == 0
+    cfg = RunConfig.from_toml(capsys.readouterr().out)
+    assert cfg.search.blocks == [1, 3] and cfg.search.target_blocks is None and cfg.data.spec == "digits"
+    assert cfg.baseline.checkpoint == "mine.pt" and cfg.baseline.epochs == 0
+    assert cfg.prune.epochs == 4 and cfg.prune.kd is False
