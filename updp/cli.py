@@ -280,8 +280,8 @@ def cmd_run(args) -> int:
             print(line, file=sys.stderr, flush=True)
 
     outcome = run_pipeline(cfg, args.out or args.resume, resume=bool(args.resume), force=args.force,
-                           until=args.until, progress=not (args.quiet or args.no_progress), verbose=args.verbose,
-                           echo=echo)
+                           redo=args.redo, until=args.until, progress=not (args.quiet or args.no_progress),
+                           verbose=args.verbose, echo=echo)
     payload = {"run_dir": str(outcome.run_dir), "seconds": outcome.seconds, "headline": outcome.headline(),
                "stages": [vars(s) for s in outcome.stages]}
     _emit(args, payload, format_headline(outcome) if "report" in outcome.results else
@@ -531,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", metavar="F", help="run config: .toml, .yaml/.yml (pyyaml) or .json")
     sp.add_argument("--force", action="store_true", help="rerun every stage, even when its inputs are unchanged")
     sp.add_argument("--until", choices=STAGE_NAMES, help="stop after this stage")
+    sp.add_argument("--redo", action="append", choices=STAGE_NAMES, metavar="STAGE",
+                    help="rerun this stage even if its inputs are unchanged (repeatable; later stages rerun "
+                         "only if its outputs change)")
     sp.add_argument("--print-config", action="store_true", help="print the resolved config as TOML and exit")
     sp.add_argument("--model", help="timm:NAME, torchvision:NAME, or a bare NAME (timm)")
     sp.add_argument("--input-size", type=_parse_input_size, default=None, metavar="S|HxW")

@@ -149,10 +149,19 @@ def _pad_y(ax, values: list[float]) -> None:
 
 
 def _block_rows(results: dict) -> list[dict[str, Any]]:
-    """Per-block kernel time, baseline vs pruned, by block label (profiles of the bench stage)."""
+    """Per-block time, baseline vs pruned, by block label (profiles of the bench stage).
+
+    `before_us`/`after_us` are each block's share of the profiled kernel time times the model's
+    measured median latency at the profiling optimization level: the profiler slows every kernel
+    down (its kernel sums can exceed the unprofiled wall clock), so its shares are kept and its
+    absolute times are not. The raw profiler sums are kept as `*_kernel_us`.
+    """
     prof = results.get("bench", {}).get("profiles")
     if not prof:
         return []
+    level = results["bench"].get("profile_setup", {}).get("opt_level", "all")
+    walls = {k: _timing(results, k, level) for k in ("baseline", "pruned")}
+    scale = {k: (1000.0 * t["median_ms"] if t else prof[k]["total_us"]) for k, t in walls.items()}
     pruned = set(results.get("prune", {}).get("plan", {}).get("blocks") or [])
     after = {b["label"]: b for b in prof["pruned"]["blocks"]}
     rows = []
@@ -161,8 +170,10 @@ def _block_rows(results: dict) -> list[dict[str, Any]]:
         idx = b["label"].split(" ", 1)[0]
         is_block = idx.isdigit()
         rows.append({"label": b["label"], "index": int(idx) if is_block else None,
-                     "pruned": is_block and int(idx) in pruned, "before_us": b["total_us"],
-                     "after_us": a["total_us"], "before_nodes": b["n_nodes"], "after_nodes": a["n_nodes"],
+                     "pruned": is_block and int(idx) in pruned,
+                     "before_us": b["share"] * scale["baseline"], "after_us": a["share"] * scale["pruned"],
+                     "before_kernel_us": b["total_us"], "after_kernel_us": a["total_us"],
+                     "before_nodes": b["n_nodes"], "after_nodes": a["n_nodes"],
                      "before_share": b["share"], "after_share": a["share"]})
     return rows
 
@@ -175,15 +186,14 @@ def plot_blocks(results: dict, path: Path) -> Path | None:
     plt = _plt()
     import numpy as np
 
-    prof = results["bench"]["profiles"]
     n = len(rows)
     fig, ax = plt.subplots(figsize=(9.5, 0.42 * n + 1.6))
     y = np.arange(n)
     h = 0.38
     ax.barh(y - h / 2, [r["before_us"] for r in rows], height=h, color=BLUE,
-            label=f"baseline (total {prof['baseline']['total_us']:.0f} µs)")
+            label=f"baseline (total {sum(r['before_us'] for r in rows):.0f} µs)")
     ax.barh(y + h / 2, [r["after_us"] for r in rows], height=h, color=ORANGE,
-            label=f"pruned + merged (total {prof['pruned']['total_us']:.0f} µs)")
+            label=f"pruned + merged (total {sum(r['after_us'] for r in rows):.0f} µs)")
     labels = [("★ " if r["pruned"] else "") + r["label"] for r in rows]
     ax.set_yticks(y, labels, fontsize=9)
     for tick, r in zip(ax.get_yticklabels(), rows):
@@ -191,13 +201,12 @@ def plot_blocks(results: dict, path: Path) -> Path | None:
             tick.set_color(ORANGE)
             tick.set_fontweight("bold")
     ax.invert_yaxis()
-    ax.set_xlabel("mean kernel time per run, µs (ORT profiler, "
-                  f"{OPT_NAMES[results['bench']['profile_setup']['opt_level']]})")
-    ax.set_title("Time per block (★ = pruned and merged)")
+    ax.set_xlabel("µs per run: share of profiled kernel time × median latency "
+                  f"({OPT_NAMES[results['bench']['profile_setup']['opt_level']]})")
+    ax.set_title("Time per block (★ = pruned and merged)", pad=26)
     ax.grid(axis="x", alpha=0.3)
-    # below the axes: inside, it would cover the longest bars
-    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.8 / (0.42 * n + 0.6)), ncol=2,
-              frameon=False)
+    # between the title and the axes: inside, it would cover the longest bars
+    ax.legend(fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -266,15 +275,34 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
         if "blocks" in figures:
             doc.append(("img", figures["blocks"], "per-block latency"))
         table = [[("★ " if r["pruned"] else "") + r["label"], "yes" if r["pruned"] else "",
-                  f"{r['before_us']:.1f}", f"{r['after_us']:.1f}", f"{r['before_us'] - r['after_us']:+.1f}",
+                  _pct(r["before_share"], 1), _pct(r["after_share"], 1), f"{r['before_us']:.1f}",
+                  f"{r['after_us']:.1f}", f"{r['before_us'] - r['after_us']:+.1f}",
                   f"{r['before_nodes']} → {r['after_nodes']}"] for r in rows]
-        doc.append(("table", ["block", "pruned", "before µs", "after µs", "saved µs", "ORT nodes"], table))
+        doc.append(("table", ["block", "pruned", "share before", "share after", "≈ µs before", "≈ µs after",
+                              "saved µs", "ORT nodes"], table))
         prof = results["bench"]["profiles"]
-        doc.append(("note", f"Mean kernel time over {results['bench']['profile_runs']} profiled runs, attributed to "
-                            "blocks by the module scope in the node names (updp.block_scopes in the ONNX metadata); "
-                            "nodes ORT creates without a scope go to the block run just before them. Kernel totals "
-                            f"({prof['baseline']['total_us']:.0f} → {prof['pruned']['total_us']:.0f} µs) exclude "
-                            "the executor's overhead, so they are below the wall-clock medians."))
+        level = OPT_NAMES[results["bench"]["profile_setup"]["opt_level"]]
+        pb = sum(r["before_us"] for r in rows if r["pruned"])
+        pa = sum(r["after_us"] for r in rows if r["pruned"])
+        kept = [r["after_us"] / r["before_us"] for r in rows
+                if r["index"] is not None and not r["pruned"] and r["before_us"] > 0]
+        text = f"The pruned blocks take ≈ {pb:.0f} µs before and ≈ {pa:.0f} µs after."
+        if kept:
+            import numpy as np
+
+            drift = 100 * (np.median(kept) - 1)
+            text += (f" The unpruned blocks, the same operators in both files, read {drift:+.0f}% (median "
+                     "after/before): a yardstick for how much per-block estimates of this size move.")
+        doc.append(("p", text))
+        doc.append(("note", f"Per-block time = the block's share of the kernel time under ORT's profiler × the "
+                            f"file's median latency ({level}, above). The profiler slows every kernel down (its "
+                            f"kernel sums, {prof['baseline']['total_us']:.0f} and {prof['pruned']['total_us']:.0f} "
+                            "µs, are not wall-clock times), so only its shares are used. Profiles: "
+                            f"{prof['baseline'].get('rounds', 1)} alternating sessions per file of "
+                            f"{prof['baseline'].get('runs_per_round', results['bench']['profile_runs'])} runs, "
+                            "median per block. Nodes are attributed to blocks by the module scope in their names "
+                            "(updp.block_scopes in the ONNX metadata); nodes ORT creates without a scope go to the "
+                            "block run just before them. Shares and times include the block's residual Add."))
 
     # ---- the plan
     search, prune = results.get("search"), results.get("prune")

@@ -191,7 +191,7 @@ def resolve_config(cfg: RunConfig | None, run_dir: Path, resume: bool) -> RunCon
 
 
 def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-                 until: str | None = None, progress: bool = True, verbose: bool = False,
+                 redo: list[str] | None = None, until: str | None = None, progress: bool = True, verbose: bool = False,
                  echo: Callable[[str], None] | None = None) -> RunOutcome:
     """Run the stages of `updp run` in `run_dir` (see the module docstring).
 
@@ -200,6 +200,8 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
         run_dir: the run directory (created).
         resume: continue the run in `run_dir` (its saved config unless `cfg` is given).
         force: run every stage even if its inputs are unchanged.
+        redo: run these stages even if their inputs are unchanged (e.g. `["report"]` after an upgrade);
+            later stages rerun only if the outputs change.
         until: stop after this stage.
         progress: tqdm bars in training.
         verbose: show every library warning.
@@ -214,6 +216,9 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
     cfg = resolve_config(cfg, run_dir, resume)
     if until is not None and until not in STAGE_NAMES:
         raise InputError(f"--until {until!r}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
+    bad = sorted(set(redo or []) - set(STAGE_NAMES))
+    if bad:
+        raise InputError(f"--redo {bad}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json())
     ctx = StageContext(cfg=cfg, run_dir=run_dir, progress=progress, echo=echo)
@@ -223,7 +228,7 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
          f"{cfg.data.spec})")
     with quiet_third_party(verbose):
         for k, stage in enumerate(STAGES[:n], 1):
-            statuses.append(_run_stage(ctx, stage, k, n, force))
+            statuses.append(_run_stage(ctx, stage, k, n, force or stage.name in (redo or [])))
     seconds = time.perf_counter() - t_all
     ran = [s.stage for s in statuses if s.action != "skipped"]
     echo(f"updp run: {len(ran)} of {n} stages ran ({', '.join(ran) or 'none: everything up to date'}) in "

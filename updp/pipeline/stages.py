@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from updp.errors import InputError
 from updp.pipeline.config import RunConfig, stage_subset
 
@@ -329,6 +331,37 @@ def block_labels(path: Path) -> dict[str, str]:
     return {f"{i} {name}": scope_fragment(name) for i, name in sorted(scopes.items(), key=lambda kv: int(kv[0]))}
 
 
+def interleaved_profiles(files: dict[str, Path], scopes: dict[str, str], setup, *, runs: int,
+                         rounds: int = 5) -> dict[str, dict]:
+    """Per-block kernel time of each file, profiled in alternating rounds, median per block.
+
+    Why rounds: the kernels of a small model take microseconds, and one profiling session of a
+    model right after another drifts by 10-30 % (frequency, caches, thread wake-ups), which showed
+    up as unpruned blocks getting "faster". Alternating the files, `rounds` sessions each, and
+    taking each block's median over the rounds puts the drift on both alike.
+    """
+    from updp.latency import aggregate_by_block, profile_nodes
+
+    per_round = max(1, runs // rounds)
+    samples: dict[str, list] = {k: [] for k in files}
+    for r in range(rounds):
+        order = list(files) if r % 2 == 0 else list(files)[::-1]
+        for key in order:
+            nodes = profile_nodes(str(files[key]), setup, runs=per_round, seed=r)
+            samples[key].append(aggregate_by_block(nodes, scopes))
+    out = {}
+    for key, profs in samples.items():
+        labels = [b.label for b in profs[0].blocks]
+        med = {lb: float(np.median([p.get(lb).total_us for p in profs])) for lb in labels}
+        total = sum(med.values())
+        out[key] = {"total_us": total, "rounds": rounds, "runs_per_round": per_round,
+                    "inherited": list(profs[0].inherited),
+                    "blocks": [{"label": lb, "fragment": profs[0].get(lb).fragment, "total_us": med[lb],
+                                "share": med[lb] / total if total > 0 else 0.0,
+                                "n_nodes": profs[0].get(lb).n_nodes} for lb in labels]}
+    return out
+
+
 def _bench_inputs(ctx: StageContext):
     return (stage_subset(ctx.cfg, "bench"),
             {"baseline": _file(ctx, "export", "baseline"), "pruned": _file(ctx, "export", "pruned")})
@@ -336,7 +369,7 @@ def _bench_inputs(ctx: StageContext):
 
 def _bench_run(ctx: StageContext, resume: bool) -> StageOutcome:
     from updp._io import write_text_atomic
-    from updp.latency import LatencySetup, aggregate_by_block, benchmark, profile_nodes
+    from updp.latency import LatencySetup, benchmark
 
     bc = ctx.cfg.bench
     files = {k: _file(ctx, "export", k) for k in ("baseline", "pruned")}
@@ -347,10 +380,7 @@ def _bench_run(ctx: StageContext, resume: bool) -> StageOutcome:
     # The baseline's blocks label both profiles: pruning replaces modules in place, so the module
     # paths (and the node-name scopes) are the same in both exports.
     scopes = block_labels(files["baseline"])
-    profiles = {}
-    for key, path in files.items():
-        nodes = profile_nodes(str(path), psetup, runs=bc.profile_runs)
-        profiles[key] = aggregate_by_block(nodes, scopes).to_dict()
+    profiles = interleaved_profiles(files, scopes, psetup, runs=bc.profile_runs)
     from updp.exporter import versions
 
     result = {"bench": report.to_dict(), "profiles": profiles, "profile_setup": psetup.to_dict(),
