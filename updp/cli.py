@@ -112,9 +112,13 @@ def cmd_bench(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from updp.api import demo
+    if args.latency_only:
+        from updp.api import demo
 
-    return demo(out_dir=args.out_dir, quick=args.quick)
+        return demo(out_dir=args.out_dir or "runs/demo_latency", quick=args.quick)
+    from updp.pipeline import demo_pipeline
+
+    return demo_pipeline(args.out_dir or "runs/demo", quick=args.quick, verbose=args.verbose, quiet=args.quiet)
 
 
 # ---------------------------------------------------------------- training commands (issue #3)
@@ -558,10 +562,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     sp.set_defaults(func=cmd_run)
 
-    sp = sub.add_parser("demo", help="the embedded default job: export, merge, verify, bench a small model",
-                        formatter_class=fmt)
-    sp.add_argument("--out-dir", default="runs/demo", help="where the ONNX files and results go")
-    sp.add_argument("--quick", action="store_true", help="fewer repeats")
+    sp = sub.add_parser(
+        "demo", help="the embedded default: the whole UPDP pipeline on mnist5k + convnext_atto (~3 min)",
+        formatter_class=fmt,
+        epilog="Runs `updp run` on the embedded default (mnist5k, timm convnext_atto at 32x32, small budgets):\n"
+               "baseline -> supernet + search -> progressive training -> export + merge + verify -> eval ->\n"
+               "bench -> report. Re-running skips finished stages.\n\n"
+               "examples:\n  updp demo\n  updp demo --latency-only     # ConvNeXt-T P6 what-if on random weights")
+    sp.add_argument("--out-dir", default=None, help="run directory (default runs/demo)")
+    sp.add_argument("--quick", action="store_true", help="smaller budgets")
+    sp.add_argument("--latency-only", action="store_true",
+                    help="only the export -> merge -> verify -> bench what-if of ConvNeXt-T P6 (random weights)")
     sp.set_defaults(func=cmd_demo)
     return p
 
