@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm import tqdm
 
 from updp.errors import InputError
 
@@ -732,7 +733,18 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     baseline_acc = SubnetScorer(baseline.to(dev), [], holdout, recalibrate="none", device=dev).accuracy()
     unpruned_acc = scorer(())
     evo = EvolutionConfig(population=population, parents=parents, max_evals=max_evals, seed=seed)
-    outcome = search(space, scorer, method=method, exhaustive_limit=exhaustive_limit, evolution=evo)
+    n_space = space.count()
+    exhaustive = method == "exhaustive" or (method == "auto" and n_space is not None and n_space <= exhaustive_limit)
+    with tqdm(total=n_space if exhaustive else max_evals, desc="search: scoring subnets", unit="subnet",
+              disable=not progress, leave=False) as bar:
+
+        def scored(blocks):
+            acc = scorer(blocks)
+            bar.update(1)
+            bar.set_postfix(acc=f"{acc:.4f}")
+            return acc
+
+        outcome = search(space, scored, method=method, exhaustive_limit=exhaustive_limit, evolution=evo)
     best = outcome.best
     randoms = random_picks(space, scorer, len(best.blocks), n_random, seed=seed, exclude=best.blocks)
     set_subnet(model, best.blocks)
