@@ -29,7 +29,7 @@ RULE_NAME = "largest estimated saving (cost model, ties to later blocks)"
 def estimate_block_savings(module: torch.nn.Module, blocks, input_shape) -> dict[int, float]:
     """Estimated ns saved per prunable block by pruning + merging it (see module docstring)."""
     from updp.exporter import simplify, torch_to_onnx
-    from updp.latency import scope_fragment
+    from updp.latency import NodeTime, aggregate_by_block, scope_fragment
     from updp.onnx_passes import optimize_model
     from updp.onnx_passes.cost import estimate_node_costs
     from updp.pruning import apply_pruning
@@ -40,15 +40,14 @@ def estimate_block_savings(module: torch.nn.Module, blocks, input_shape) -> dict
     apply_pruning(pruned_module, [b.index for b in prunable], lam=1.0)
     merged = optimize_model(simplify(torch_to_onnx(pruned_module, input_shape), optimize=False)).model
 
+    scopes = {str(b.index): scope_fragment(b.name) for b in prunable}
+
     def per_block(graph) -> dict[int, float]:
-        costs = estimate_node_costs(graph)
-        frags = {b.index: scope_fragment(b.name) for b in prunable}
-        out = dict.fromkeys(frags, 0.0)
-        for node_name, ns in costs.items():
-            best = max((i for i, f in frags.items() if f in node_name), key=lambda i: len(frags[i]), default=None)
-            if best is not None:
-                out[best] += ns
-        return out
+        # Estimated ns per node, attributed to blocks the same way measured profiles are.
+        nodes = [NodeTime(name=name, op_type="", mean_us=ns, order=k)
+                 for k, (name, ns) in enumerate(estimate_node_costs(graph).items())]
+        prof = aggregate_by_block(nodes, scopes, inherit_unscoped=False)
+        return {int(label): prof.get(label).total_us for label in scopes}
 
     before, after = per_block(base_graph), per_block(merged)
     return {i: before[i] - after[i] for i in before}

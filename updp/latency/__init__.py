@@ -7,7 +7,9 @@ from updp.latency.profile import (
     NodeTime,
     aggregate_by_block,
     block_scopes,
+    median_block_us,
     parse_trace,
+    profile_blocks_alternating,
     profile_nodes,
     scope_fragment,
 )
@@ -15,5 +17,6 @@ from updp.latency.runner import BenchReport, LatencySetup, ModelTiming, benchmar
 
 __all__ = [
     "OTHER", "BenchReport", "BlockProfile", "BlockTime", "LatencySetup", "ModelTiming", "NodeTime",
-    "aggregate_by_block", "benchmark", "block_scopes", "parse_trace", "profile_nodes", "scope_fragment",
+    "aggregate_by_block", "benchmark", "block_scopes", "median_block_us", "parse_trace",
+    "profile_blocks_alternating", "profile_nodes", "scope_fragment",
 ]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -282,5 +283,34 @@ def aggregate_by_block(node_times: list[NodeTime], block_scopes: dict[str, str],
     return BlockProfile(blocks=blocks, total_us=total, inherited=inherited)
 
 
+def profile_blocks_alternating(models: dict[str, onnx.ModelProto | str | os.PathLike], block_scopes: dict[str, str],
+                               setup: LatencySetup | None = None, *, rounds: int = 5,
+                               runs_per_round: int = 4) -> dict[str, list[BlockProfile]]:
+    """Per-block profiles of several models, taken in alternating rounds.
+
+    Why rounds: one profiling session of a small model right after another drifts by 10-30 %
+    (frequency, caches, thread wake-ups; seen as unpruned blocks getting "faster" after pruning,
+    and as one block at 10x its usual time on a busy machine). Each round profiles every model once
+    (`runs_per_round` runs, seed = round), the order reversed on odd rounds, so drift hits all
+    models alike; `median_block_us` then takes each block's median over the rounds.
+
+    Returns:
+        model key -> one `BlockProfile` per round.
+    """
+    keys = list(models)
+    samples: dict[str, list[BlockProfile]] = {k: [] for k in keys}
+    for r in range(rounds):
+        for key in (keys if r % 2 == 0 else keys[::-1]):
+            nodes = profile_nodes(models[key], setup, runs=runs_per_round, seed=r)
+            samples[key].append(aggregate_by_block(nodes, block_scopes))
+    return samples
+
+
+def median_block_us(profiles: list[BlockProfile]) -> dict[str, float]:
+    """Each block's median total µs over several profiles of one model (labels of the first)."""
+    return {b.label: float(statistics.median(p.get(b.label).total_us for p in profiles))
+            for b in profiles[0].blocks}
+
+
 __all__ = ["OTHER", "NodeTime", "BlockTime", "BlockProfile", "scope_fragment", "block_scopes",
-           "parse_trace", "profile_nodes", "aggregate_by_block"]
+           "parse_trace", "profile_nodes", "aggregate_by_block", "profile_blocks_alternating", "median_block_us"]

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from updp.errors import InputError
 from updp.pipeline.config import RunConfig, stage_subset
 
@@ -340,19 +338,15 @@ def interleaved_profiles(files: dict[str, Path], scopes: dict[str, str], setup, 
     up as unpruned blocks getting "faster". Alternating the files, `rounds` sessions each, and
     taking each block's median over the rounds puts the drift on both alike.
     """
-    from updp.latency import aggregate_by_block, profile_nodes
+    from updp.latency import median_block_us, profile_blocks_alternating
 
     per_round = max(1, runs // rounds)
-    samples: dict[str, list] = {k: [] for k in files}
-    for r in range(rounds):
-        order = list(files) if r % 2 == 0 else list(files)[::-1]
-        for key in order:
-            nodes = profile_nodes(str(files[key]), setup, runs=per_round, seed=r)
-            samples[key].append(aggregate_by_block(nodes, scopes))
+    samples = profile_blocks_alternating({k: str(v) for k, v in files.items()}, scopes, setup, rounds=rounds,
+                                         runs_per_round=per_round)
     out = {}
     for key, profs in samples.items():
-        labels = [b.label for b in profs[0].blocks]
-        med = {lb: float(np.median([p.get(lb).total_us for p in profs])) for lb in labels}
+        med = median_block_us(profs)
+        labels = list(med)
         total = sum(med.values())
         out[key] = {"total_us": total, "rounds": rounds, "runs_per_round": per_round,
                     "inherited": list(profs[0].inherited),

@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from updp.errors import InputError
@@ -318,7 +317,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
     Raises:
         InputError: no prunable block, or a candidate that is not a prunable block.
     """
-    from updp.latency import LatencySetup, aggregate_by_block, benchmark, profile_nodes, scope_fragment
+    from updp.latency import LatencySetup, benchmark, median_block_us, profile_blocks_alternating, scope_fragment
     from updp.latency.profile import OTHER
     from updp.pruning.discover import find_blocks
 
@@ -347,14 +346,10 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         _export(module, shape, cand, all_path, verify=False, label=model_label)
         # Rounds alternate between the two graphs; the per-block median over rounds drops the
         # bursts a busy machine puts into a per-node mean (seen: one block 10x its usual time).
-        rounds: dict[str, list[dict[str, float]]] = {"base": [], "all": []}
-        for r in range(profile_rounds):
-            for key, path in (("base", base_path), ("all", all_path)):
-                prof = aggregate_by_block(profile_nodes(str(path), setup, runs=profile_runs, seed=r), scopes)
-                rounds[key].append({b.label: b.total_us for b in prof.blocks})
+        rounds = profile_blocks_alternating({"base": str(base_path), "all": str(all_path)}, scopes, setup,
+                                            rounds=profile_rounds, runs_per_round=profile_runs)
         rep = benchmark([("baseline", str(base_path)), ("all_pruned", str(all_path))], setup)
-    med = {key: {label: float(np.median([rd[label] for rd in rds])) for label in rds[0]}
-           for key, rds in rounds.items()}
+    med = {key: median_block_us(profiles) for key, profiles in rounds.items()}
     w0, w1 = rep.get("baseline").median_ms, rep.get("all_pruned").median_ms
     table = [BlockLatency(index=i, name=prunable[i].name, base_us=med["base"][str(i)],
                           pruned_us=med["all"][str(i)]) for i in cand]
