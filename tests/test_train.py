@@ -169,3 +169,32 @@ def test_config_and_trainer_errors(digits):
     m, _ = _model()
     apply_pruning(m, [0], lam=0.3)
     assert [b.lam for _, b in pruned_blocks(m)] == [0.3]
+
+
+def test_amp_bf16_autocasts_training_forwards_only(tmp_path, digits):
+    """`amp='bf16'`: student and teacher forwards in bfloat16; weights, loss and validation in float32."""
+    m, _, teacher, before_step = _pruned_setup()
+    seen: dict[str, set] = {"student_train": set(), "student_eval": set(), "teacher": set()}
+
+    def record(key_train, key_eval=None):
+        def hook(mod, inp, out):
+            key = key_train if (mod.training or key_eval is None) else key_eval
+            seen[key].add(out.dtype)
+        return hook
+
+    m.head.fc.register_forward_hook(record("student_train", "student_eval"))
+    teacher.head.fc.register_forward_hook(record("teacher"))
+    losses = []
+    trainer = Trainer(m, digits, _cfg(tmp_path, "amp.pt", epochs=1, amp="bf16"), teacher=teacher,
+                      before_step=before_step)
+    criterion = trainer.criterion
+    trainer.criterion = lambda logits, y, t: (losses.append((logits.dtype, t.dtype)), criterion(logits, y, t))[1]
+    res = trainer.fit()
+    assert seen == {"student_train": {torch.bfloat16}, "student_eval": {torch.float32}, "teacher": {torch.bfloat16}}
+    assert set(losses) == {(torch.float32, torch.float32)}
+    assert math.isfinite(res.val_loss)
+    sd = torch.load(tmp_path / "amp.pt", weights_only=True)["model"]
+    assert {k: v.dtype for k, v in sd.items()} == {k: v.dtype for k, v in m.state_dict().items()}
+    assert sd["head.fc.weight"].dtype == torch.float32
+    with pytest.raises(InputError, match="--amp"):
+        TrainConfig(epochs=1, amp="fp8")

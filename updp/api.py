@@ -495,7 +495,7 @@ def demo(out_dir: str = "runs/demo", quick: bool = False) -> int:
 def train(model: str, *, data: str, epochs: int, out: str, input_size: int | tuple[int, int] = 32,
           model_kwargs: dict | None = None, checkpoint: str | None = None, batch_size: int = 128,
           lr: float = 2e-3, seed: int = 0, split_seed: int = 0, device: str = "auto", resume: bool = False,
-          max_steps_per_epoch: int | None = None, progress: bool = True):
+          max_steps_per_epoch: int | None = None, progress: bool = True, amp: str = "off"):
     """Train (or, from `checkpoint`, fine-tune) a baseline on a local dataset (`updp train`).
 
     Args:
@@ -518,7 +518,7 @@ def train(model: str, *, data: str, epochs: int, out: str, input_size: int | tup
     if checkpoint:
         load_checkpoint(module, checkpoint)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, out=str(out),
-                      resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch)
+                      resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch, amp=amp)
     return Trainer(module, bundle, cfg,
                    checkpoint_extra=lambda: {"model_spec": spec, "data": bundle.description}).fit()
 
@@ -541,7 +541,8 @@ def search(checkpoint: str, *, data: str, out: str = "plan.json", target_blocks:
 def prune(checkpoint: str, plan=None, *, data: str, out: str, epochs: int, blocks: list[int] | None = None,
           prune_n: int | None = None, kd: bool = True, lr: float = 1e-3, batch_size: int = 128, seed: int = 0,
           split_seed: int = 0, device: str = "auto", resume: bool = False,
-          max_steps_per_epoch: int | None = None, progress: bool = True, **prune_options):
+          max_steps_per_epoch: int | None = None, progress: bool = True, amp: str = "off",
+          **prune_options):
     """Progressive training of the chosen blocks (`updp prune`); the checkpoint at `out` carries its plan.
 
     Args:
@@ -563,7 +564,8 @@ def prune(checkpoint: str, plan=None, *, data: str, out: str, epochs: int, block
     spec = load_trained(str(checkpoint)).spec
     bundle = get_datasets(data, tuple(spec["input_size"][1:]), split_seed=split_seed)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=0.0, seed=seed, device=device,
-                      out=str(out), resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch)
+                      out=str(out), resume=resume, progress=progress, max_steps_per_epoch=max_steps_per_epoch,
+                      amp=amp)
     return prune_checkpoint(str(checkpoint), bundle, train=cfg, prune=PruneConfig(kd=kd, **prune_options),
                             blocks=blocks, plan=plan, prune_n=prune_n)
 

@@ -589,7 +589,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
                population: int = 16, parents: int = 6, max_evals: int = 120, exhaustive_limit: int = 64,
                n_random: int = 3, calib_batches: int = 8, recalibrate: str = "all",
                batch_size: int = 128, lr: float = 1e-3, kd_alpha: float = 0.5, kd_temperature: float = 1.0,
-               max_steps_per_epoch: int | None = None, supernet_out: str | None = None,
+               max_steps_per_epoch: int | None = None, amp: str = "off",
+               supernet_out: str | None = None,
                reuse_supernet: bool = False, lut: str | None = None, threads: int = 2,
                measure: bool = True, bench_repeats: int = 50, profile_rounds: int = 15,
                device: str = "auto", split_seed: int = 0,
@@ -612,7 +613,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         n_random: random picks of the winner's size to compare against.
         calib_batches: training batches for each candidate's BN recalibration.
         recalibrate: 'all', 'pruned' or 'none' (ablation).
-        batch_size, lr, kd_alpha, kd_temperature, max_steps_per_epoch: supernet training.
+        batch_size, lr, kd_alpha, kd_temperature, max_steps_per_epoch, amp: supernet training.
         supernet_out: supernet checkpoint (default: `<out>.supernet.pt`).
         reuse_supernet: load `supernet_out` instead of training (it must exist).
         lut: a saved latency table to reuse (JSON); default: build one and save `<out>.lut.json`.
@@ -707,7 +708,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     sampler = SubnetSampler(tuple(cand), k_min, k_max, seed=seed)
     scfg = SupernetConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_alpha=kd_alpha,
                           kd_temperature=kd_temperature, seed=seed, device=device,
-                          max_steps_per_epoch=max_steps_per_epoch, out=str(supernet_path) if epochs > 0 else None,
+                          max_steps_per_epoch=max_steps_per_epoch, amp=amp,
+                          out=str(supernet_path) if epochs > 0 else None,
                           progress=progress, log_jsonl=log_jsonl,
                           resume=bool(resume and epochs > 0 and supernet_path.is_file()))
     if reuse_supernet:

@@ -329,6 +329,7 @@ class SupernetConfig:
         seed: training and sampling seed.
         device: 'auto', 'cpu' or 'cuda'.
         max_steps_per_epoch: cap steps (tests, smoke runs).
+        amp: 'off' or 'bf16' (see `TrainConfig.amp`).
         out: supernet checkpoint path (None: not saved).
         log_jsonl: per-epoch log.
         progress: progress bar.
@@ -349,6 +350,7 @@ class SupernetConfig:
     seed: int = 0
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    amp: str = "off"
     out: str | None = None
     log_jsonl: str | None = None
     progress: bool = True
@@ -448,7 +450,7 @@ def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: Supernet
                        warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
                        kd_alpha=cfg.kd_alpha if teacher is not None else 0.0, kd_temperature=cfg.kd_temperature,
                        seed=cfg.seed, device=cfg.device, out=cfg.out, resume=cfg.resume, log_jsonl=cfg.log_jsonl,
-                       progress=cfg.progress, max_steps_per_epoch=cfg.max_steps_per_epoch)
+                       progress=cfg.progress, max_steps_per_epoch=cfg.max_steps_per_epoch, amp=cfg.amp)
     extra = {"supernet": {"candidates": list(sampler.candidates), "sampler": sampler.to_dict(),
                           "block_options": dict(cfg.block_options)}, **(checkpoint_extra or {})}
     # A step trains one subnet: the other form of each block gets no gradient, hence unused

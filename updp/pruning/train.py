@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 
 
+AMP_MODES = ("off", "bf16")
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run (saved in every checkpoint as `config`).
@@ -74,6 +77,11 @@ class TrainConfig:
         log_jsonl: append one JSON line per epoch here (rank 0).
         progress: tqdm bars (rank 0).
         max_steps_per_epoch: cap on steps per epoch (tiny test runs).
+        amp: 'off' or 'bf16': bfloat16 autocast for the training forward passes (student and
+            teacher); the loss is computed in float32. Weights, optimizer state and gradients stay float32, and
+            validation runs in float32, so reported accuracy is that of the float32 model that
+            gets exported. bf16 needs no loss scaling. Worth it on CPUs with AVX512-BF16/AMX
+            (measured 1.45x per DeiT-tiny step here) and on recent GPUs; slower elsewhere.
     """
 
     epochs: int
@@ -91,8 +99,11 @@ class TrainConfig:
     log_jsonl: str | None = None
     progress: bool = True
     max_steps_per_epoch: int | None = None
+    amp: str = "off"
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise InputError(f"--amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.epochs < 1:
             raise InputError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -467,6 +478,10 @@ class Trainer:
 
     # -------------------------------------------------------------- loop
 
+    def _autocast(self):
+        """bfloat16 autocast for the training forward when `cfg.amp == 'bf16'` (a no-op otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.amp == "bf16")
+
     def _forward_teacher(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.teacher is None:
             return None
@@ -505,11 +520,14 @@ class Trainer:
                     break
                 self._run_before_step()
                 x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                t_logits = self._forward_teacher(x)
-                logits = net(x)
+                with self._autocast():
+                    t_logits = self._forward_teacher(x)
+                    logits = net(x)
                 if isinstance(logits, (tuple, list)):
                     logits = logits[0]
-                loss = self.criterion(logits, y, t_logits)
+                # The loss (log-softmax, KL) always in float32.
+                logits = logits.float()
+                loss = self.criterion(logits, y, None if t_logits is None else t_logits.float())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}: lower --lr")
                 self.optimizer.zero_grad(set_to_none=True)
