@@ -86,6 +86,7 @@ def test_optional_fields_default_to_none():
     ("[search]\ntarget_blocks = 2\ntarget_speedup = 1.2\n", "not both"),
     ("[bench]\nopt_levels = ['fast']\n", "unknown optimization level"),
     ("[model\n", "not valid TOML"),
+    ("amp = 'fp16'\n", "amp must be 'off' or 'bf16'"),
 ])
 def test_bad_config_is_one_line(text, match):
     with pytest.raises(InputError, match=match) as e:
@@ -232,8 +233,9 @@ def test_cli_print_config_and_overrides(capsys):
     from updp.cli import main
 
     assert main(["run", "--print-config", "--blocks", "1,3", "--data", "digits", "--checkpoint", "mine.pt",
-                 "--prune-epochs", "4", "--no-kd"]) == 0
+                 "--prune-epochs", "4", "--no-kd", "--amp", "bf16"]) == 0
     cfg = RunConfig.from_toml(capsys.readouterr().out)
+    assert cfg.amp == "bf16"
     assert cfg.search.blocks == [1, 3] and cfg.search.target_blocks is None and cfg.data.spec == "digits"
     assert cfg.baseline.checkpoint == "mine.pt" and cfg.baseline.epochs == 0
     assert cfg.prune.epochs == 4 and cfg.prune.kd is False

@@ -265,7 +265,7 @@ def _run_config(args):
         over["search"].update(target_blocks=None, target_speedup=None)
     if args.no_kd:
         over["prune"]["kd"] = False
-    top = {k: getattr(args, k) for k in ("device", "max_steps_per_epoch") if getattr(args, k) is not None}
+    top = {k: getattr(args, k) for k in ("device", "max_steps_per_epoch", "amp") if getattr(args, k) is not None}
     return cfg.replace(**{k: v for k, v in over.items() if v}, **top)
 
 
@@ -566,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=None, help="interleaved latency rounds")
     sp.add_argument("--device", default=None, help="torch device for training: auto, cpu, cuda")
     sp.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
+    sp.add_argument("--amp", choices=["off", "bf16"], default=None,
+                    help="bfloat16 autocast of the training forwards (config key amp; default off)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     sp.set_defaults(func=cmd_run)

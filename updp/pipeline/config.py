@@ -203,12 +203,15 @@ class RunConfig:
         version: format version; other versions are refused.
         device: torch device for training ('auto', 'cpu', 'cuda').
         max_steps_per_epoch: cap on training steps per epoch, every training stage (smoke runs, tests).
+        amp: 'off' or 'bf16': bfloat16 autocast of every training stage's forwards (see
+            `updp.pruning.train.TrainConfig.amp`).
         model, data, baseline, search, prune, export, bench: one section per stage.
     """
 
     version: int = CONFIG_VERSION
     device: str = "auto"
     max_steps_per_epoch: int | None = None
+    amp: str = "off"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
@@ -221,6 +224,8 @@ class RunConfig:
         if self.version != CONFIG_VERSION:
             raise InputError(f"run config version {self.version} is not supported (this updp reads version "
                              f"{CONFIG_VERSION})")
+        if self.amp not in ("off", "bf16"):
+            raise InputError(f"run config: amp must be 'off' or 'bf16', got {self.amp!r}")
 
     # ------------------------------------------------------------ dict / JSON
 

@@ -97,7 +97,7 @@ def _train_config(ctx: StageContext, section, out: Path, resume: bool):
                        label_smoothing=getattr(section, "label_smoothing", 0.1), seed=section.seed,
                        device=ctx.cfg.device, out=str(out), resume=resume and out.is_file(),
                        log_jsonl=str(out.with_suffix(".log.jsonl")), progress=ctx.progress,
-                       max_steps_per_epoch=ctx.cfg.max_steps_per_epoch)
+                       max_steps_per_epoch=ctx.cfg.max_steps_per_epoch, amp=ctx.cfg.amp)
 
 
 def _restart_log(path: Path, resume: bool) -> None:
@@ -130,7 +130,7 @@ def _baseline_inputs(ctx: StageContext):
         if not p.is_file():
             raise InputError(f"baseline.checkpoint {p}: no such file")
         files["checkpoint"] = p
-    return stage_subset(ctx.cfg, "model", "data", "baseline", "max_steps_per_epoch"), files
+    return stage_subset(ctx.cfg, "model", "data", "baseline", "max_steps_per_epoch", "amp"), files
 
 
 def _baseline_run(ctx: StageContext, resume: bool) -> StageOutcome:
@@ -186,7 +186,7 @@ def _baseline_run(ctx: StageContext, resume: bool) -> StageOutcome:
 # ------------------------------------------------------------------ search
 
 def _search_inputs(ctx: StageContext):
-    subset = stage_subset(ctx.cfg, "model", "data", "search", "max_steps_per_epoch")
+    subset = stage_subset(ctx.cfg, "model", "data", "search", "max_steps_per_epoch", "amp")
     subset["threads"] = ctx.cfg.bench.threads  # the latency table is measured with these
     return subset, {"baseline": _file(ctx, "baseline", "checkpoint")}
 
@@ -228,7 +228,7 @@ def _search_run(ctx: StageContext, resume: bool) -> StageOutcome:
         str(base), ctx.cfg.data.spec, target_blocks=target_blocks, target_speedup=target_speedup,
         out=str(plan_path), epochs=s.epochs, method=s.method, seed=s.seed, population=s.population,
         parents=s.parents, max_evals=s.max_evals, n_random=s.random_picks, calib_batches=s.calib_batches,
-        batch_size=s.batch_size, lr=s.lr, max_steps_per_epoch=ctx.cfg.max_steps_per_epoch,
+        batch_size=s.batch_size, lr=s.lr, max_steps_per_epoch=ctx.cfg.max_steps_per_epoch, amp=ctx.cfg.amp,
         lut=str(lut) if (resume and lut.is_file()) else None, threads=ctx.cfg.bench.threads,
         bench_repeats=s.bench_repeats, profile_rounds=s.profile_rounds, device=ctx.cfg.device,
         split_seed=ctx.cfg.data.split_seed, progress=ctx.progress, resume=resume)
@@ -244,7 +244,7 @@ def _search_run(ctx: StageContext, resume: bool) -> StageOutcome:
 # ------------------------------------------------------------------ prune
 
 def _prune_inputs(ctx: StageContext):
-    return (stage_subset(ctx.cfg, "data", "prune", "max_steps_per_epoch", "device"),
+    return (stage_subset(ctx.cfg, "data", "prune", "max_steps_per_epoch", "device", "amp"),
             {"baseline": _file(ctx, "baseline", "checkpoint"), "plan": _file(ctx, "search", "plan")})
 
 
