@@ -198,3 +198,22 @@ def test_amp_bf16_autocasts_training_forwards_only(tmp_path, digits):
     assert sd["head.fc.weight"].dtype == torch.float32
     with pytest.raises(InputError, match="--amp"):
         TrainConfig(epochs=1, amp="fp8")
+
+
+def test_build_for_data_seeds_the_init_without_touching_the_global_rng(digits):
+    """Two runs with one seed start from the same weights, whatever the process's RNG state was.
+
+    (Before this, a baseline's init came from the unseeded global RNG, so `updp train --seed 0`
+    gave a different model in every process.)
+    """
+    from updp.pruning.train import build_for_data
+
+    torch.manual_seed(123)
+    a, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=5)
+    after = torch.rand(1)
+    torch.manual_seed(999)
+    b, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=5)
+    c, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=6)
+    assert state_hash(a) == state_hash(b) != state_hash(c)
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), after)  # the caller's RNG stream is untouched

@@ -514,7 +514,7 @@ def train(model: str, *, data: str, epochs: int, out: str, input_size: int | tup
 
     size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     bundle = get_datasets(data, size, split_seed=split_seed)
-    module, spec = build_for_data(model, bundle, model_kwargs=model_kwargs)
+    module, spec = build_for_data(model, bundle, model_kwargs=model_kwargs, seed=seed)
     if checkpoint:
         load_checkpoint(module, checkpoint)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, out=str(out),

@@ -158,7 +158,7 @@ def cmd_train(args) -> int:
     from updp.pruning.train import Trainer, build_for_data
 
     data = get_datasets(args.data, args.input_size or (32, 32), split_seed=args.split_seed)
-    module, spec = build_for_data(args.model, data, model_kwargs=_parse_kwargs(args.model_kwarg))
+    module, spec = build_for_data(args.model, data, model_kwargs=_parse_kwargs(args.model_kwarg), seed=args.seed)
     if args.checkpoint:
         load_checkpoint(module, args.checkpoint)
     cfg = _train_config(args)

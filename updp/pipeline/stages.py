@@ -143,7 +143,7 @@ def _baseline_run(ctx: StageContext, resume: bool) -> StageOutcome:
     out = ctx.path("baseline", "base.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
     module, spec = build_for_data(cfg.model.name, data, input_size=cfg.model.input_size,
-                                  model_kwargs=cfg.model.kwargs)
+                                  model_kwargs=cfg.model.kwargs, seed=b.seed)
     source = "trained from random weights"
     if b.checkpoint:
         loaded = load_trained(str(Path(b.checkpoint).expanduser()), model=cfg.model.name,

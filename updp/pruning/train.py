@@ -624,8 +624,12 @@ def model_spec_dict(spec, input_chw) -> dict:
 
 
 def build_for_data(model: str, data, *, input_size: tuple[int, int] | None = None,
-                   model_kwargs: dict | None = None) -> tuple[nn.Module, dict]:
+                   model_kwargs: dict | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
     """Create `model` for a dataset: `num_classes` from the data, input size from the data.
+
+    The initial weights are drawn from `seed` (without touching the caller's RNG state), so two
+    runs with the same seed start from the same weights: timm/torchvision initialize from the
+    global torch RNG, which is otherwise seeded differently in every process.
 
     Returns:
         (module, model_spec dict).
@@ -633,7 +637,10 @@ def build_for_data(model: str, data, *, input_size: tuple[int, int] | None = Non
     from updp.models import check_input_size, create_model
 
     size = tuple(input_size) if input_size is not None else tuple(data.input_size)
-    module, spec = create_model(model, num_classes=data.num_classes, input_size=size, **dict(model_kwargs or {}))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module, spec = create_model(model, num_classes=data.num_classes, input_size=size,
+                                    **dict(model_kwargs or {}))
     chw = (data.in_chans, int(size[0]), int(size[1]))
     check_input_size(module, spec, chw)
     return module, model_spec_dict(spec, chw)
