@@ -217,3 +217,14 @@ def test_build_for_data_seeds_the_init_without_touching_the_global_rng(digits):
     assert state_hash(a) == state_hash(b) != state_hash(c)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), after)  # the caller's RNG stream is untouched
+
+
+def test_redirected_progress_is_one_plain_line_per_epoch(tmp_path, digits, capsys):
+    """No tqdm carriage-return frames in a log file: off a terminal, progress is a line per epoch."""
+    m, _ = _model()
+    Trainer(m, digits, _cfg(tmp_path, "p.pt", out=None, kd_alpha=0.0, progress=True)).fit()
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("val loss" in ln and "acc" in ln for ln in lines)

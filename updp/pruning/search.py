@@ -738,7 +738,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     n_space = space.count()
     exhaustive = method == "exhaustive" or (method == "auto" and n_space is not None and n_space <= exhaustive_limit)
     with tqdm(total=n_space if exhaustive else max_evals, desc="search: scoring subnets", unit="subnet",
-              disable=not progress, leave=False) as bar:
+              disable=True if not progress else None, leave=False) as bar:  # None: off unless a terminal
 
         def scored(blocks):
             acc = scorer(blocks)

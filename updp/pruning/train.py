@@ -35,6 +35,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -300,6 +301,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
+def _stderr_is_tty() -> bool:
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+
+
 def _mean_lam(model: nn.Module) -> float | None:
     from updp.pruning.convert import pruned_blocks
 
@@ -512,7 +517,7 @@ class Trainer:
         loss_sum = correct = 0.0
         n = 0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+                   disable=not (cfg.progress and self.is_main and _stderr_is_tty()), dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
             for i, (x, y) in enumerate(self.loader):
@@ -596,9 +601,15 @@ class Trainer:
                     os.makedirs(os.path.dirname(os.path.abspath(cfg.log_jsonl)), exist_ok=True)
                     with open(cfg.log_jsonl, "a") as f:
                         f.write(json.dumps(last) + "\n")
-                logger.info("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f%s | %.1f s",
-                            self.epoch, cfg.epochs, tr["train_loss"], tr["train_acc"], ev["loss"], ev["acc"],
-                            f" | lambda {lam:.3f}" if lam is not None else "", last["seconds"])
+                line = (f"epoch {self.epoch}/{cfg.epochs}: train loss {tr['train_loss']:.4f} acc "
+                        f"{tr['train_acc']:.4f} | val loss {ev['loss']:.4f} acc {ev['acc']:.4f}"
+                        + (f" | lambda {lam:.3f}" if lam is not None else "") + f" | {last['seconds']:.1f} s")
+                # Bars only on a terminal (their carriage-return frames garble log files); a redirected
+                # run with progress on gets one plain line per epoch instead.
+                if cfg.progress and not _stderr_is_tty():
+                    print(line, file=sys.stderr, flush=True)
+                else:
+                    logger.info(line)
         if last is None:  # nothing to do (already finished) and no history: evaluate once
             ev = evaluate(self.model, self.data.val, device=self.device)
             last = {"val_acc": ev["acc"], "val_loss": ev["loss"]}
