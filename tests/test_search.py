@@ -210,3 +210,30 @@ def test_run_search_end_to_end(tmp_path):
     assert again.blocks == res.blocks and again.holdout_acc == res.holdout_acc
     with pytest.raises(InputError, match="exactly one of"):
         run_search(str(tmp_path / "base.pt"), "digits", out=str(tmp_path / "p.json"), epochs=0)
+
+
+def test_pool_running_stats_equals_calibrating_on_all_batches():
+    """Sharded BN calibration pooled by batch counts = calibration on every batch (float64, exact)."""
+    from updp.pruning.convert import calibrate_bn
+    from updp.pruning.search import pool_running_stats
+
+    torch.manual_seed(0)
+    batches = [torch.randn(4 + i, 3, 5, 5, dtype=torch.float64) * (1 + i) + i for i in range(5)]
+
+    def stats(bs):
+        m = torch.nn.Sequential(torch.nn.BatchNorm2d(3).double())
+        calibrate_bn(m, bs, which="all")
+        return torch.cat([m[0].running_mean, m[0].running_var])
+
+    whole = stats(batches)
+    for world in (2, 3):
+        shards = [batches[r::world] for r in range(world)]
+        pooled = pool_running_stats([len(s) for s in shards], torch.stack([stats(s) for s in shards]))
+        torch.testing.assert_close(pooled, whole, rtol=1e-12, atol=1e-12)
+    # an unweighted mean of the shards would be wrong for uneven shards (3 + 2 batches)
+    uneven = torch.stack([stats(batches[0::2]), stats(batches[1::2])])
+    assert not torch.allclose(uneven.mean(0), whole, rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="do not fit"):
+        pool_running_stats([1], uneven)
+    with pytest.raises(ValueError, match="do not fit"):
+        pool_running_stats([0, 0], uneven)

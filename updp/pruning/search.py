@@ -440,8 +440,44 @@ def _restore_bn(model: nn.Module, state: dict[str, tuple[torch.Tensor, ...]]) ->
                 m.num_batches_tracked.copy_(nbt)
 
 
+def pool_running_stats(batch_counts: Sequence[int], stats: torch.Tensor) -> torch.Tensor:
+    """BN running statistics over all calibration batches, from those of disjoint shards of them.
+
+    `calibrate_bn` (momentum=None) leaves each BN's running mean and variance at the plain average
+    of the per-batch means and (unbiased) variances. Shard r of the batches, with n_r batches,
+    holds the average over its own batches, so the average over all of them is
+    Σ_r n_r · stats_r / Σ_r n_r: exact, whatever the split. Computed in float64.
+
+    Args:
+        batch_counts: n_r, the batches each shard calibrated on (≥ 0, not all 0).
+        stats: (shards, ...) the shards' running statistics, stacked.
+
+    Returns:
+        The pooled statistics, shaped like one shard's, in `stats`'s dtype.
+    """
+    counts = torch.as_tensor(list(batch_counts), dtype=torch.float64)
+    if counts.numel() != stats.shape[0] or bool((counts < 0).any()) or float(counts.sum()) <= 0:
+        raise ValueError(f"batch counts {list(batch_counts)} do not fit {stats.shape[0]} shards")
+    weights = (counts / counts.sum()).reshape(-1, *([1] * (stats.dim() - 1)))
+    return (weights * stats.to(torch.float64)).sum(0).to(stats.dtype)
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of the initialized process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class SubnetScorer:
     """Holdout accuracy of a supernet's subnet after BN recalibration (see the module docstring).
+
+    Under torchrun (an initialized process group) the work is sharded: rank r calibrates on
+    calibration batches r, r + world, … and the BN statistics are pooled exactly
+    (`pool_running_stats`); it scores holdout batches r, r + world, … and the correct counts are
+    summed. Every rank gets the same accuracy, so every rank's search takes the same path.
 
     Args:
         model: the supernet.
@@ -463,8 +499,13 @@ class SubnetScorer:
         p = next(model.parameters())
         self.device = torch.device(device) if device is not None else p.device
         self.model = model.to(self.device).eval()
-        self.calib = [x.to(self.device) for x in calib_batches]
-        self.holdout = [(x.to(self.device), y.to(self.device)) for x, y in holdout]
+        self.rank, self.world = _process_group()
+        # Shard the calibration only when every rank gets a batch (calibrate_bn needs one).
+        self.calib_counts = ([len(calib_batches[r::self.world]) for r in range(self.world)]
+                             if self.world > 1 and len(calib_batches) >= self.world else None)
+        mine = calib_batches[self.rank::self.world] if self.calib_counts else calib_batches
+        self.calib = [x.to(self.device) for x in mine]
+        self.holdout = [(x.to(self.device), y.to(self.device)) for x, y in holdout[self.rank::self.world]]
         self.recalibrate = recalibrate
         self.n_scored = 0
         self.seconds = 0.0
@@ -480,7 +521,34 @@ class SubnetScorer:
                 logits = logits[0]
             correct += int((logits.argmax(1) == y).sum())
             n += int(y.numel())
+        if self.world > 1:
+            import torch.distributed as dist
+
+            counts = torch.tensor([correct, n], dtype=torch.int64, device=self.device)
+            dist.all_reduce(counts)
+            correct, n = (int(v) for v in counts.tolist())
         return correct / n
+
+    def _pool_calibration(self) -> None:
+        """Every rank's recalibrated BNs get the statistics over all ranks' batches."""
+        import torch.distributed as dist
+
+        from updp.pruning.convert import _target_bns
+
+        bns = _target_bns(self.model, self.recalibrate)
+        if not bns:
+            return
+        flat = torch.cat([t for bn in bns for t in (bn.running_mean, bn.running_var)])
+        gathered = [torch.empty_like(flat) for _ in range(self.world)]
+        dist.all_gather(gathered, flat)
+        pooled = pool_running_stats(self.calib_counts, torch.stack(gathered))
+        offset = 0
+        with torch.no_grad():
+            for bn in bns:
+                for t in (bn.running_mean, bn.running_var):
+                    t.copy_(pooled[offset:offset + t.numel()].view_as(t))
+                    offset += t.numel()
+                bn.num_batches_tracked.fill_(sum(self.calib_counts))
 
     def __call__(self, blocks: Sequence[int]) -> float:
         from updp.pruning.convert import calibrate_bn
@@ -494,6 +562,8 @@ class SubnetScorer:
             if self.recalibrate != "none":
                 # identity_init_inserted=False: the inserted BNs' affines are trained weights now.
                 calibrate_bn(self.model, self.calib, which=self.recalibrate, identity_init_inserted=False)
+                if self.calib_counts:
+                    self._pool_calibration()
             return self.accuracy()
         finally:
             _restore_bn(self.model, saved)
@@ -649,7 +719,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         set_subnet,
         train_supernet,
     )
-    from updp.pruning.train import resolve_device
+    from updp.pruning.train import _init_distributed, resolve_device
 
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -663,6 +733,12 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     supernet_path = Path(supernet_out) if supernet_out else out_path.with_suffix(".supernet.pt")
     if reuse_supernet and not supernet_path.is_file():
         raise InputError(f"--reuse-supernet: {supernet_path} does not exist")
+    # Under torchrun: the supernet trains with DDP, the scoring is sharded over the ranks
+    # (`SubnetScorer`), and latency is measured by rank 0 alone (ranks timing at once on shared
+    # cores would measure each other) and broadcast.
+    distributed = _init_distributed(resolve_device(device))
+    rank, world = _process_group()
+    is_main = rank == 0
 
     # ---- baseline, data, candidates
     baseline, spec, chw = load_baseline(checkpoint)
@@ -694,11 +770,14 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
                              f"{[1, *chw]}")
         lut_path = lut
     else:
-        fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
-        table = build_lut(fresh, (1, *chw), candidates=cand, setup=setup, profile_rounds=profile_rounds,
-                          model_label=spec["model"])
         lut_path = str(out_path.with_suffix(".lut.json"))
-        table.save(lut_path)
+        if is_main:
+            fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
+            table = build_lut(fresh, (1, *chw), candidates=cand, setup=setup, profile_rounds=profile_rounds,
+                              model_label=spec["model"])
+            table.save(lut_path)
+        if distributed:
+            table = LatencyLUT.from_dict(_broadcast_from_main(table.to_dict() if is_main else None))
     timings["latency_table"] = time.perf_counter() - t0
     space = SearchSpace(tuple(cand), target_blocks=target_blocks, target_speedup=target_speedup, lut=table)
 
@@ -737,8 +816,10 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     evo = EvolutionConfig(population=population, parents=parents, max_evals=max_evals, seed=seed)
     n_space = space.count()
     exhaustive = method == "exhaustive" or (method == "auto" and n_space is not None and n_space <= exhaustive_limit)
+    if world > 1 and is_main:
+        logger.info("search: scoring sharded over %d ranks", world)
     with tqdm(total=n_space if exhaustive else max_evals, desc="search: scoring subnets", unit="subnet",
-              disable=True if not progress else None, leave=False) as bar:  # None: off unless a terminal
+              disable=True if not (progress and is_main) else None, leave=False) as bar:  # None: a terminal only
 
         def scored(blocks):
             acc = scorer(blocks)
@@ -756,8 +837,11 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     measured = None
     if measure:
         t0 = time.perf_counter()
-        fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
-        measured = table.check(fresh, best.blocks, setup=setup).to_dict()
+        if is_main:
+            fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
+            measured = table.check(fresh, best.blocks, setup=setup).to_dict()
+        if distributed:
+            measured = _broadcast_from_main(measured)
         timings["measure"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_all
 
@@ -785,7 +869,8 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
                  "lut_base_ms": table.base_ms},
         supernet=summary if isinstance(summary, dict) else dict(summary),
     )
-    plan.save(str(out_path))
+    if is_main:
+        plan.save(str(out_path))
     result = SearchResult(
         plan_path=str(out_path), plan=plan, blocks=list(best.blocks), block_names=names, rule=outcome.rule,
         method=outcome.method, holdout_acc=best.acc, baseline_holdout_acc=baseline_acc,
@@ -794,9 +879,23 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         measured=measured, top=top, n_evals=outcome.n_evals, space_size=outcome.space_size, lut_path=lut_path,
         supernet_checkpoint=str(supernet_path) if (epochs > 0 or reuse_supernet) else None,
         supernet=plan.supernet, timings=timings, data=bundle.description)
-    write_text_atomic(out_path.with_suffix(".search.json"), _json(result.to_dict()))
+    if is_main:
+        write_text_atomic(out_path.with_suffix(".search.json"), _json(result.to_dict()))
+    if distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # the plan exists for every rank on return
     logger.info("search done in %.1fs: blocks %s", timings["total"], best.blocks)
     return result
+
+
+def _broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's picklable `obj`, on every rank."""
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _json(d: dict[str, Any]) -> str:
