@@ -17,7 +17,8 @@ Report: val accuracy mean ± std over the 3 seeds per method, the merged model's
 baseline, and search pick vs random pick. Results go to `benchmarks/results/progressive_ablation_<models>.json`.
 
     .venv/bin/python benchmarks/progressive_ablation.py --models convnext_atto   # ~10 min on 2 cores
-    .venv/bin/python benchmarks/progressive_ablation.py            # + DeiT: about 1 min per DeiT epoch here
+    .venv/bin/python benchmarks/progressive_ablation.py --models deit_tiny_p4    # ~70 min on 2 cores
+    .venv/bin/python benchmarks/progressive_ablation.py            # both, ~80 min
     .venv/bin/python benchmarks/progressive_ablation.py --smoke    # a 2-minute mechanics check
 """
 
