@@ -174,8 +174,8 @@ def main() -> None:
     print(f"\nmnist5k, val split; {args.supernet_epochs} supernet epochs, {args.seeds} seeds; "
           f"total {total / 60:.1f} min")
     for r in results.values():
-        print(f"\n{r['model']}: {r['base_epochs']} baseline epochs, {r['prune_epochs']} prune epochs per method; val acc {r['baseline_val_acc']:.4f}; pruned {r['k']}/{r['blocks']} blocks "
-              f"{r['search']['blocks']}")
+        print(f"\n{r['model']}: {r['base_epochs']} baseline epochs, {r['prune_epochs']} prune epochs per method; "
+              f"val acc {r['baseline_val_acc']:.4f}; pruned {r['k']}/{r['blocks']} blocks {r['search']['blocks']}")
         for m, v in r["val_acc"].items():
             values = ", ".join(f"{x:.4f}" for x in v["values"])
             print(f"  {m:<17} {100 * v['mean']:6.2f} ± {100 * v['std']:.2f}   ({values})")

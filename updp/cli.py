@@ -384,10 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="mnist5k, digits, imagefolder:PATH (train/ and val/), cifar10:PATH (python pickles)")
         sp.add_argument("--split-seed", type=int, default=0, help="seed of the train/holdout/val split (default 0)")
 
-    def amp_arg(sp):
-        sp.add_argument("--amp", choices=["off", "bf16"], default="off",
+    def amp_arg(sp, default: str | None = "off"):
+        sp.add_argument("--amp", choices=["off", "bf16"], default=default,
                         help="bfloat16 autocast for training forwards (float32 weights, validation and export); "
-                             "faster on CPUs with AVX512-BF16/AMX and recent GPUs (default off)")
+                             "faster on CPUs with AVX512-BF16/AMX and recent GPUs (default off; config key amp)")
 
     def train_args(sp, lr: float, warmup: float):
         sp.add_argument("--epochs", type=int, required=True)
@@ -566,8 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeats", type=int, default=None, help="interleaved latency rounds")
     sp.add_argument("--device", default=None, help="torch device for training: auto, cpu, cuda")
     sp.add_argument("--max-steps-per-epoch", type=int, default=None, help="cap steps per epoch (smoke runs)")
-    sp.add_argument("--amp", choices=["off", "bf16"], default=None,
-                    help="bfloat16 autocast of the training forwards (config key amp; default off)")
+    amp_arg(sp, default=None)  # None: the config's value
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
     sp.set_defaults(func=cmd_run)

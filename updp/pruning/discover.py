@@ -154,6 +154,36 @@ def count_macs(model: nn.Module, input_size: int | Sequence[int]) -> dict[str, i
     return macs
 
 
+def prunable_candidates(blocks: Sequence[BlockInfo], candidates: Sequence[int] | None = None, *,
+                        what: str = "blocks", model: str = "the model") -> list[int]:
+    """The block indices to prune among: every prunable block, or `candidates` checked against them.
+
+    Args:
+        blocks: `find_blocks(model)`.
+        candidates: requested indices (None: every prunable block).
+        what: how the caller names the request, for the error (e.g. `--candidates`).
+        model: the model's name, for the error.
+
+    Returns:
+        Sorted, distinct indices; never empty.
+
+    Raises:
+        InputError: a requested index that is not a prunable block, or no prunable block at all.
+    """
+    prunable = [b.index for b in blocks if b.prunable]
+    if candidates is None:
+        cand = prunable
+    else:
+        cand = sorted({int(i) for i in candidates})
+        bad = [i for i in cand if i not in prunable]
+        if bad:
+            raise InputError(f"{what} {bad}: not prunable blocks of {model} (prunable: {prunable}; "
+                             "see `updp blocks`)")
+    if not cand:
+        raise InputError(f"{what}: {model} has no prunable block")
+    return cand
+
+
 def find_blocks(model: nn.Module, input_size: int | Sequence[int] | None = None, *,
                 identity_shortcut_only: bool = False) -> list[BlockInfo]:
     """Recognized residual blocks of `model` in module order.

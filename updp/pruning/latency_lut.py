@@ -319,7 +319,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
     """
     from updp.latency import LatencySetup, benchmark, median_block_us, profile_blocks_alternating, scope_fragment
     from updp.latency.profile import OTHER
-    from updp.pruning.discover import find_blocks
+    from updp.pruning.discover import find_blocks, prunable_candidates
 
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
@@ -327,18 +327,8 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         raise InputError(f"latency table: input shape must be (B, C, H, W), got {shape}")
     setup = setup or LatencySetup(threads=2, opt_level="all")
     blocks = find_blocks(module)
-    prunable = {b.index: b for b in blocks if b.prunable}
-    if candidates is None:
-        cand = sorted(prunable)
-    else:
-        cand = sorted({int(i) for i in candidates})
-        bad = [i for i in cand if i not in prunable]
-        if bad:
-            raise InputError(f"latency table: block(s) {bad} are not prunable blocks of the model "
-                             f"(prunable: {sorted(prunable)})")
-    if not cand:
-        raise InputError("latency table: the model has no prunable block")
-    scopes = {str(i): scope_fragment(prunable[i].name) for i in cand}
+    cand = prunable_candidates(blocks, candidates, what="latency table: block(s)")
+    scopes = {str(i): scope_fragment(blocks[i].name) for i in cand}
     with tempfile.TemporaryDirectory(prefix="updp_lut_") as tmp:
         d = Path(workdir) if workdir else Path(tmp)
         base_path, all_path = d / "lut_base.onnx", d / "lut_all_pruned.onnx"
@@ -351,7 +341,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         rep = benchmark([("baseline", str(base_path)), ("all_pruned", str(all_path))], setup)
     med = {key: median_block_us(profiles) for key, profiles in rounds.items()}
     w0, w1 = rep.get("baseline").median_ms, rep.get("all_pruned").median_ms
-    table = [BlockLatency(index=i, name=prunable[i].name, base_us=med["base"][str(i)],
+    table = [BlockLatency(index=i, name=blocks[i].name, base_us=med["base"][str(i)],
                           pruned_us=med["all"][str(i)]) for i in cand]
     k0 = sum(b.base_us for b in table)
     k1 = sum(b.pruned_us for b in table)

@@ -705,7 +705,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
     from updp.data import get_datasets
     from updp.latency import LatencySetup
     from updp.models import create_model
-    from updp.pruning.discover import find_blocks
+    from updp.pruning.discover import find_blocks, prunable_candidates
     from updp.pruning.latency_lut import LatencyLUT, build_lut
     from updp.pruning.plan import PrunePlan
     from updp.pruning.supernet import (
@@ -747,17 +747,7 @@ def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
         raise InputError(f"{data} has {bundle.num_classes} classes, the checkpoint's model "
                          f"{spec.get('num_classes')}")
     blocks = find_blocks(baseline)
-    prunable = [b.index for b in blocks if b.prunable]
-    if candidates is None:
-        cand = prunable
-    else:
-        cand = sorted({int(i) for i in candidates})
-        bad = [i for i in cand if i not in prunable]
-        if bad:
-            raise InputError(f"--candidates {bad}: not prunable blocks of {spec['model']} "
-                             f"(prunable: {prunable})")
-    if not cand:
-        raise InputError(f"{spec['model']} has no prunable block")
+    cand = prunable_candidates(blocks, candidates, what="--candidates", model=spec["model"])
 
     # ---- latency table (random weights are fine for latency)
     t0 = time.perf_counter()
