@@ -1,25 +1,29 @@
-"""A small mutable view of an ONNX graph that the rewrite rules share.
+"""A small mutable view of an ONNX graph that the rewrite rules share, and the rule framework.
 
-It keeps producer/consumer maps up to date as rules edit the graph, so a rule never rescans the
-whole graph; finds constants held by initializers or `Constant` nodes; creates unique names; writes
-new weights without touching initializers shared with nodes outside the match; and at the end
-(`finish`) restores a topological node order, drops unused initializers and stale value_info.
+The view keeps producer/consumer maps up to date as rules edit the graph, so a rule never rescans
+the whole graph; finds constants held by initializers or `Constant` nodes; creates unique names;
+writes new weights without touching initializers shared with nodes outside the match; and at the
+end (`finish`) restores a topological node order, drops unused initializers and stale value_info.
+Rules edit only through its methods, so those indexes and caches cannot drift from the protobuf.
 
-Also holds the rule framework: a `Rule` has `match` (cheap: is this the anchor of the pattern?),
-`check` (every precondition, each refusal with a reason) and `rewrite`.
+The framework: a `Rule` has `match` (cheap: is this the anchor of the pattern?), `check` (every
+precondition, each refusal with a reason; pure) and `rewrite`; `run_rules` drives them and records
+what happened in a `RewriteTally`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeAlias, TypeVar
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -27,21 +31,15 @@ LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 
 
 def attr(node: onnx.NodeProto, name: str, default=None):
+    """The value of attribute `name` of `node`, or `default` when the node does not set it."""
     for a in node.attribute:
         if a.name == name:
             return helper.get_attribute_value(a)
     return default
 
 
-def set_attr(node: onnx.NodeProto, name: str, value) -> None:
-    for i, a in enumerate(node.attribute):
-        if a.name == name:
-            del node.attribute[i]
-            break
-    node.attribute.append(helper.make_attribute(name, value))
-
-
-def _const_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+def const_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    """The value of a `Constant` node, or None for the forms the passes do not handle."""
     for a in node.attribute:
         if a.name == "value":
             return numpy_helper.to_array(a.t)
@@ -196,7 +194,7 @@ class Graph:
         else:
             p = self.producer.get(name)
             if p is not None and self.nodes[p].op_type == "Constant":
-                arr = _const_node_value(self.nodes[p])
+                arr = const_node_value(self.nodes[p])
         if arr is not None:
             self._arrays[name] = arr
         return arr
@@ -233,6 +231,18 @@ class Graph:
         self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
         self._arrays[name] = arr
         return name
+
+    def set_initializer(self, name: str, arr: np.ndarray) -> None:
+        """Make `name` an initializer holding `arr`, replacing any value it had.
+
+        For a tensor whose producer was just removed (a `Constant` turned into an initializer):
+        the constant cache is updated too, so `const(name)` sees `arr` at once, and a name still
+        produced by a live node is refused, since the graph would then define it twice.
+        """
+        assert name not in self.producer, f"{name!r} is still produced by a node"
+        self.inits[name] = numpy_helper.from_array(arr, name)
+        self._arrays[name] = arr
+        self.names.add(name)
 
     def set_const_input(self, idx: int, pos: int, arr: np.ndarray, base: str | None = None) -> str:
         """Give input `pos` of node `idx` the constant `arr`.
@@ -278,6 +288,44 @@ class Graph:
         n.output[pos] = name
         self.producer[name] = idx
         self.touched.add(name)
+
+    def set_op_type(self, idx: int, op: str) -> None:
+        """Change the operator of node `idx`, keeping its inputs, outputs and attributes.
+
+        Meant for rewrites that keep the output's type and shape (`Sub(x, c)` -> `Add(x, -c)`), so
+        the output's value_info stays valid and is kept. A cached constant value of the outputs
+        (had the node been a `Constant`) is dropped, since the node no longer computes it.
+        """
+        n = self.node(idx)
+        n.op_type = op
+        for o in n.output:
+            self._arrays.pop(o, None)
+
+    def set_attribute(self, idx: int, name: str, value) -> None:
+        """Set attribute `name` of node `idx` to `value`.
+
+        An existing attribute is replaced where it stands, so the node's other attributes keep
+        their order and an unchanged node serializes to the same bytes; a new one is appended.
+        Like `set_op_type`, meant for edits that keep the output's type and shape; a cached
+        constant value of the outputs is dropped.
+        """
+        n = self.node(idx)
+        new = helper.make_attribute(name, value)
+        for o in n.output:
+            self._arrays.pop(o, None)
+        for a in n.attribute:
+            if a.name == name:
+                a.CopyFrom(new)
+                return
+        n.attribute.append(new)
+
+    def release_name(self, name: str) -> None:
+        """Let `fresh` hand out `name` again.
+
+        For a rewrite that replaces a removed node by a new one and wants the new node to keep the
+        exported name (it names the model's scopes in reports).
+        """
+        self.names.discard(name)
 
     def remove(self, idx: int) -> None:
         n = self.node(idx)
@@ -423,41 +471,82 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
 
 
 @dataclass
-class PassResult:
-    """What one pass did: whether it changed the model, how often each rule fired, and why others
-    refused."""
+class RewriteTally:
+    """What the rules of one pass did: whether the graph changed, how often each rule fired, why
+    others refused, and the chain planner's decisions.
+
+    A tally of rule applications, not a pass result: the rewritten model lives in the `Graph`, and
+    the pipeline merges the tallies of all passes of an iteration.
+    """
 
     changed: bool = False
     applied: Counter = field(default_factory=Counter)
     refusals: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
 
-    def merge(self, other: PassResult) -> None:
+    def merge(self, other: RewriteTally) -> None:
+        """Add `other`'s counts, refusals and decisions to this tally."""
         self.changed = self.changed or other.changed
         self.applied.update(other.applied)
         self.refusals.extend(other.refusals)
         self.decisions.extend(other.decisions)
 
 
-class Rule:
-    """One rewrite: `match` finds the anchor, `check` returns a refusal reason or None, `rewrite`
-    edits the graph. Subclasses set `name` and `anchors` (op types of the anchor node)."""
+Refusal: TypeAlias = str
+"""Why a rule does not apply at a match; reported verbatim (users and tests read it)."""
 
-    name = "rule"
+
+@dataclass(frozen=True)
+class Proceed:
+    """The plan of a rule whose rewrite needs nothing beyond its match."""
+
+
+PROCEED = Proceed()
+
+MatchT = TypeVar("MatchT")
+PlanT = TypeVar("PlanT")
+
+
+class Rule(Generic[MatchT, PlanT]):
+    """One rewrite in three steps, which `run_rules` calls in order at every anchor node.
+
+    * ``match(g, idx) -> MatchT | None``: cheap; is node `idx` the anchor of the pattern? Returns a
+      frozen dataclass specific to the rule (the node indices and parsed operands it found), or
+      None when the node is not the pattern at all (no refusal is reported then).
+    * ``check(g, m) -> Refusal | PlanT``: every precondition. Returns a refusal reason (a `str`)
+      or the plan: a frozen dataclass with what check computed and `rewrite` needs (the folded
+      scale and shift, the chain planner's segments and decision), so nothing is computed twice;
+      `PROCEED` when the rewrite needs nothing beyond the match. Check is pure: it edits neither
+      the graph nor the match, because after a refusal the other rules still run at that node and
+      must see the graph as it was (and a check can then be run on its own to explain a refusal).
+    * ``rewrite(g, m, plan, tally)``: edits the graph, only through `Graph` methods (which keep
+      the producer/consumer maps, the constant cache and the stale-value_info set consistent),
+      and adds anything beyond the application count to `tally` (e.g. a planner decision).
+
+    Subclasses set `name` (how the tally reports the rule) and `anchors` (op types of the anchor
+    node; empty means every node). Before/After/Conditions of each rule are in its module's
+    docstring.
+    """
+
+    name: str = "rule"
     anchors: tuple[str, ...] = ()
 
-    def match(self, g: Graph, idx: int):
+    def match(self, g: Graph, idx: int) -> MatchT | None:
         raise NotImplementedError
 
-    def check(self, g: Graph, m) -> str | None:
-        return None
+    def check(self, g: Graph, m: MatchT) -> Refusal | PlanT:
+        raise NotImplementedError
 
-    def rewrite(self, g: Graph, m, result: PassResult) -> None:
+    def rewrite(self, g: Graph, m: MatchT, plan: PlanT, tally: RewriteTally) -> None:
         raise NotImplementedError
 
 
-def run_rules(g: Graph, rules: list[Rule], result: PassResult) -> None:
-    """Try each rule at each live node once (nodes created by a rewrite are visited too)."""
+def run_rules(g: Graph, rules: Sequence[Rule], tally: RewriteTally) -> None:
+    """Try each rule at each live node once (nodes created by a rewrite are visited too).
+
+    Rules are tried in list order at a node, so an earlier rule's rewrite decides what the later
+    ones see; a node removed by a rewrite is not tried further.
+    """
     idx = 0
     while idx < len(g.nodes):
         for rule in rules:
@@ -469,15 +558,15 @@ def run_rules(g: Graph, rules: list[Rule], result: PassResult) -> None:
             m = rule.match(g, idx)
             if m is None:
                 continue
-            reason = rule.check(g, m)
-            if reason is not None:
-                result.refusals.append(f"{rule.name} @ {g.label(idx)}: {reason}")
-                logger.debug("%s @ %s refused: %s", rule.name, g.label(idx), reason)
+            plan = rule.check(g, m)
+            if isinstance(plan, str):
+                tally.refusals.append(f"{rule.name} @ {g.label(idx)}: {plan}")
+                logger.debug("%s @ %s refused: %s", rule.name, g.label(idx), plan)
                 continue
             logger.debug("%s @ %s", rule.name, g.label(idx))
-            rule.rewrite(g, m, result)
-            result.applied[rule.name] += 1
-            result.changed = True
+            rule.rewrite(g, m, plan, tally)
+            tally.applied[rule.name] += 1
+            tally.changed = True
         idx += 1
 
 

@@ -22,8 +22,10 @@ from updp.identities import bn_to_affine
 from updp.onnx_passes._graph import Graph, attr, channel_vector, float_dtype
 
 
-@dataclass
+@dataclass(frozen=True)
 class Linear:
+    """A parsed linear unit; frozen because rules keep it in their (immutable) match."""
+
     idx: int  # the Conv / Gemm / MatMul node
     kind: str  # "conv" | "gemm" | "matmul"
     x: str  # data input
@@ -104,7 +106,7 @@ def parse_linear(g: Graph, idx: int, *, with_bias_add: bool = True) -> Linear | 
     return Linear(idx, "matmul", n.input[0], W, b, bias_idx, out, Wc.dtype)
 
 
-def conv_params(g: Graph, idx: int):
+def conv_params(g: Graph, idx: int) -> tuple[int, tuple, tuple, tuple, str]:
     """(groups, strides, pads, dilations, auto_pad) of a Conv node, with ONNX defaults."""
     n = g.node(idx)
     W = g.const(n.input[1])
@@ -132,10 +134,9 @@ def write_linear(g: Graph, lin: Linear, W: np.ndarray, b: np.ndarray | None) -> 
     elif lin.kind == "gemm":
         Wst = W.T if attr(n, "transB", 0) else W
         g.set_const_input(lin.idx, 1, Wst.astype(dt))
-        for k, v in (("alpha", 1.0), ("beta", 1.0)):
-            for a in n.attribute:
-                if a.name == k:
-                    a.f = v
+        for k in ("alpha", "beta"):  # now folded into W and b; absent means 1 already
+            if attr(n, k) is not None:
+                g.set_attribute(lin.idx, k, 1.0)
         if b is not None:
             g.set_const_input(lin.idx, 2, b.astype(dt), base=f"{n.name or 'gemm'}_bias")
     else:
@@ -146,21 +147,26 @@ def write_linear(g: Graph, lin: Linear, W: np.ndarray, b: np.ndarray | None) -> 
             g.set_const_input(lin.bias_idx, pos, b.astype(dt), base=f"{n.name or 'matmul'}_bias")
 
 
-def append_bias_add(g: Graph, lin: Linear, b: np.ndarray) -> None:
-    """Give a bias-less MatMul unit an Add(b) after it, keeping the unit's output name."""
+def append_bias_add(g: Graph, lin: Linear, b: np.ndarray) -> int:
+    """Give a bias-less MatMul unit an Add(b) after it, keeping the unit's output name.
+
+    Returns the index of the new Add (`lin` is frozen: it still describes the unit as it was).
+    """
     n = g.node(lin.idx)
     out = n.output[0]
     mid = g.fresh(out + "_nobias")
     g.set_output(lin.idx, 0, mid)
     bname = g.add_init(b.astype(lin.dtype), f"{n.name or 'matmul'}_bias")
-    lin.bias_idx = g.make_node("Add", [mid, bname], [out], f"{n.name or 'MatMul'}/bias")
+    return g.make_node("Add", [mid, bname], [out], f"{n.name or 'MatMul'}/bias")
 
 
 # ------------------------------------------------------------------------- affine nodes
 
 
-@dataclass
+@dataclass(frozen=True)
 class Affine:
+    """A parsed affine node; frozen because rules keep it in their (immutable) match."""
+
     idx: int
     x: str  # data input
     out: str
@@ -170,6 +176,7 @@ class Affine:
 
 
 def parse_affine(g: Graph, idx: int) -> Affine | None:
+    """The affine node at `idx`, or None if it is not one (or is part of a fused GELU)."""
     n = g.node(idx)
     if idx in g.protected():
         return None  # part of a GELU that ORT fuses (see Graph.protected)
@@ -195,7 +202,9 @@ def parse_affine(g: Graph, idx: int) -> Affine | None:
     return None
 
 
-def affine_vectors(g: Graph, a: Affine, rank: int | None, axis: int, channels: int):
+def affine_vectors(
+    g: Graph, a: Affine, rank: int | None, axis: int, channels: int
+) -> tuple[np.ndarray, np.ndarray] | str:
     """(scale, shift) as (channels,) vectors acting on `axis` of a rank-`rank` tensor, or a reason.
 
     `rank` None means unknown; then only constants of rank <= 1 on the last axis are accepted.
@@ -238,4 +247,5 @@ def through_reshape(g: Graph, name: str) -> tuple[int | None, int | None]:
 
 
 def is_onnx_float(t: int) -> bool:
+    """Is ONNX element type `t` a floating-point type the passes fold?"""
     return t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)

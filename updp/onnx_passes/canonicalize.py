@@ -33,39 +33,81 @@ Rules:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
-from onnx import numpy_helper
 
-from updp.onnx_passes._graph import Graph, PassResult, Rule, _const_node_value, attr, float_dtype, run_rules
+from updp.onnx_passes._graph import (
+    PROCEED,
+    Graph,
+    Proceed,
+    Refusal,
+    RewriteTally,
+    Rule,
+    attr,
+    const_node_value,
+    float_dtype,
+    run_rules,
+)
 
 
-class ConstantToInitializer(Rule):
+def _unrenamable_source(g: Graph, out: str, src: str) -> bool:
+    """Would bypassing a node from `src` to `out` need to rename a tensor that cannot be renamed?
+
+    A graph output keeps its name, so the producer of `src` would have to be renamed instead, which
+    is only possible if it exists, `src` has no other reader and is not itself a graph output.
+    """
+    if out not in g.graph_outputs:
+        return False
+    return g.producer_of(src) is None or src in g.graph_outputs or len(g.consumers.get(src, ())) != 1
+
+
+# ------------------------------------------------------------------------- Constant
+
+
+@dataclass(frozen=True)
+class ConstantMatch:
+    idx: int  # the Constant node
+
+
+@dataclass(frozen=True)
+class ConstantPlan:
+    value: np.ndarray  # what the initializer will hold
+
+
+class ConstantToInitializer(Rule[ConstantMatch, ConstantPlan]):
     name = "constant_to_initializer"
     anchors = ("Constant",)
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> ConstantMatch | None:
         n = g.node(idx)
-        return idx if len(n.output) == 1 and n.output[0] not in g.graph_outputs else None
+        return ConstantMatch(idx) if len(n.output) == 1 and n.output[0] not in g.graph_outputs else None
 
-    def check(self, g, idx):
-        if _const_node_value(g.node(idx)) is None:
+    def check(self, g: Graph, m: ConstantMatch) -> Refusal | ConstantPlan:
+        value = const_node_value(g.node(m.idx))
+        if value is None:
             return "Constant holds a sparse or string value"
-        return None
+        return ConstantPlan(value)
 
-    def rewrite(self, g, idx, result):
-        n = g.node(idx)
-        arr = _const_node_value(n)
-        name = n.output[0]
-        g.remove(idx)
-        g.inits[name] = numpy_helper.from_array(arr, name)
-        g._arrays[name] = arr
+    def rewrite(self, g: Graph, m: ConstantMatch, plan: ConstantPlan, tally: RewriteTally) -> None:
+        name = g.node(m.idx).output[0]
+        g.remove(m.idx)
+        g.set_initializer(name, plan.value)
 
 
-class RemoveIdentity(Rule):
+# ------------------------------------------------------------------------- no-op nodes
+
+
+@dataclass(frozen=True)
+class IdentityMatch:
+    idx: int  # the Identity or inference Dropout
+
+
+class RemoveIdentity(Rule[IdentityMatch, Proceed]):
     name = "remove_identity"
     anchors = ("Identity", "Dropout")
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> IdentityMatch | None:
         n = g.node(idx)
         if n.op_type == "Dropout":
             if len(n.output) > 1 and n.output[1] and g.uses(n.output[1]):
@@ -74,30 +116,34 @@ class RemoveIdentity(Rule):
                 tm = g.const(n.input[2])
                 if tm is None or bool(tm):
                     return None  # training mode may be on
-        return idx
+        return IdentityMatch(idx)
 
-    def check(self, g, idx):
-        n = g.node(idx)
-        out, src = n.output[0], n.input[0]
-        if out in g.graph_outputs:
-            p = g.producer_of(src)
-            if p is None or src in g.graph_outputs or len(g.consumers.get(src, ())) != 1:
-                return "output is a graph output and its source cannot be renamed"
-        return None
+    def check(self, g: Graph, m: IdentityMatch) -> Refusal | Proceed:
+        n = g.node(m.idx)
+        if _unrenamable_source(g, n.output[0], n.input[0]):
+            return "output is a graph output and its source cannot be renamed"
+        return PROCEED
 
-    def rewrite(self, g, idx, result):
-        n = g.node(idx)
+    def rewrite(self, g: Graph, m: IdentityMatch, plan: Proceed, tally: RewriteTally) -> None:
+        n = g.node(m.idx)
         if n.op_type == "Dropout":
-            g.truncate_inputs(idx, 1)
-        ok = g.bypass(idx, n.input[0])
+            g.truncate_inputs(m.idx, 1)
+        ok = g.bypass(m.idx, n.input[0])
         assert ok
 
 
-class RemoveNeutralElementwise(Rule):
+@dataclass(frozen=True)
+class NeutralElementwiseMatch:
+    idx: int  # the Add / Mul
+    x: str  # its tensor operand
+    c: np.ndarray  # its all-zeros (Add) / all-ones (Mul) constant operand
+
+
+class RemoveNeutralElementwise(Rule[NeutralElementwiseMatch, Proceed]):
     name = "remove_neutral_elementwise"
     anchors = ("Add", "Mul")
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> NeutralElementwiseMatch | None:
         n = g.node(idx)
         if len(n.input) != 2:
             return None
@@ -107,76 +153,92 @@ class RemoveNeutralElementwise(Rule):
                 continue
             neutral = 0.0 if n.op_type == "Add" else 1.0
             if c.size and np.all(c == neutral):
-                return {"idx": idx, "x": n.input[1 - k], "c": c}
+                return NeutralElementwiseMatch(idx, n.input[1 - k], c)
         return None
 
-    def check(self, g, m):
-        if m["idx"] in g.protected():
+    def check(self, g: Graph, m: NeutralElementwiseMatch) -> Refusal | Proceed:
+        if m.idx in g.protected():
             return "part of a GELU that ORT fuses"
-        xs = g.shapes.get(m["x"])
-        c = m["c"]
+        xs = g.shapes.get(m.x)
+        c = m.c
         if c.ndim > 0:
             if xs is None or c.ndim > len(xs):
                 return "cannot prove the constant does not broadcast x to a larger shape"
             for dc, dx in zip(reversed(c.shape), reversed(xs)):
                 if dc != 1 and not (isinstance(dx, int) and dx == dc):
                     return "the constant may broadcast x to a larger shape"
-        n = g.node(m["idx"])
-        if n.output[0] in g.graph_outputs:
-            p = g.producer_of(m["x"])
-            if p is None or m["x"] in g.graph_outputs or len(g.consumers.get(m["x"], ())) != 1:
-                return "output is a graph output and its source cannot be renamed"
-        return None
+        if _unrenamable_source(g, g.node(m.idx).output[0], m.x):
+            return "output is a graph output and its source cannot be renamed"
+        return PROCEED
 
-    def rewrite(self, g, m, result):
-        ok = g.bypass(m["idx"], m["x"])
+    def rewrite(self, g: Graph, m: NeutralElementwiseMatch, plan: Proceed, tally: RewriteTally) -> None:
+        ok = g.bypass(m.idx, m.x)
         assert ok
 
 
-class ConstArithmetic(Rule):
+# ------------------------------------------------------------------------- Sub / Div by a constant
+
+
+@dataclass(frozen=True)
+class ConstArithmeticMatch:
+    idx: int  # the Sub / Div whose second operand is a float constant
+
+
+class ConstArithmetic(Rule[ConstArithmeticMatch, Proceed]):
     """Sub(x, c) -> Add(x, -c); Div(x, c) -> Mul(x, 1/c)."""
 
     name = "const_arith_to_affine"
     anchors = ("Sub", "Div")
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> ConstArithmeticMatch | None:
         n = g.node(idx)
         c = g.const(n.input[1])
         if c is None or g.const(n.input[0]) is not None or not float_dtype(c):
             return None
         if idx in g.protected():
             return None  # GELU's `/ sqrt(2)`: ORT fuses the Div form (see Graph.protected)
-        return idx
+        return ConstArithmeticMatch(idx)
 
-    def check(self, g, idx):
-        n = g.node(idx)
+    def check(self, g: Graph, m: ConstArithmeticMatch) -> Refusal | Proceed:
+        n = g.node(m.idx)
         c = g.const(n.input[1])
         if n.op_type == "Div" and np.any(c == 0):
             return "divisor has zeros"
-        return None
+        return PROCEED
 
-    def rewrite(self, g, idx, result):
-        n = g.node(idx)
+    def rewrite(self, g: Graph, m: ConstArithmeticMatch, plan: Proceed, tally: RewriteTally) -> None:
+        n = g.node(m.idx)
         c = g.const(n.input[1]).astype(np.float64)
         dtype = g.const(n.input[1]).dtype
-        new = (-c if n.op_type == "Sub" else 1.0 / c).astype(dtype)
-        name = g.add_init(new, n.input[1] + ("_neg" if n.op_type == "Sub" else "_recip"))
-        g.set_input(idx, 1, name)
-        n.op_type = "Add" if n.op_type == "Sub" else "Mul"
+        sub = n.op_type == "Sub"
+        new = (-c if sub else 1.0 / c).astype(dtype)
+        name = g.add_init(new, n.input[1] + ("_neg" if sub else "_recip"))
+        g.set_input(m.idx, 1, name)
+        g.set_op_type(m.idx, "Add" if sub else "Mul")
 
 
-def perm_inverse(p):
+# ------------------------------------------------------------------------- Transpose pairs
+
+
+def perm_inverse(p: list[int]) -> list[int]:
+    """The permutation that undoes `p` (Transpose(perm_inverse(p)) after Transpose(p) is a no-op)."""
     inv = [0] * len(p)
     for i, v in enumerate(p):
         inv[v] = i
     return inv
 
 
-class CancelTransposes(Rule):
+@dataclass(frozen=True)
+class TransposePairMatch:
+    first: int  # Transpose(p)
+    second: int  # Transpose(p^-1), the only reader of the first
+
+
+class CancelTransposes(Rule[TransposePairMatch, Proceed]):
     name = "cancel_transposes"
     anchors = ("Transpose",)
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> TransposePairMatch | None:
         n = g.node(idx)
         nxt = g.single_consumer(n.output[0])
         if nxt is None or g.node(nxt).op_type != "Transpose":
@@ -184,29 +246,27 @@ class CancelTransposes(Rule):
         p, q = attr(n, "perm"), attr(g.node(nxt), "perm")
         if p is None or q is None or list(q) != perm_inverse(list(p)):
             return None
-        return idx, nxt
+        return TransposePairMatch(idx, nxt)
 
-    def check(self, g, m):
-        idx, nxt = m
-        out = g.node(nxt).output[0]
-        src = g.node(idx).input[0]
+    def check(self, g: Graph, m: TransposePairMatch) -> Refusal | Proceed:
+        out = g.node(m.second).output[0]
+        src = g.node(m.first).input[0]
         if out in g.graph_outputs and (g.producer_of(src) is None or g.uses(src) != 1):
             return "output is a graph output and its source cannot be renamed"
-        return None
+        return PROCEED
 
-    def rewrite(self, g, m, result):
-        idx, nxt = m
-        src = g.node(idx).input[0]
-        g.remove(idx)
-        g.set_input(nxt, 0, src)  # nxt now reads src directly, then drop it too
-        assert g.bypass(nxt, src)
+    def rewrite(self, g: Graph, m: TransposePairMatch, plan: Proceed, tally: RewriteTally) -> None:
+        src = g.node(m.first).input[0]
+        g.remove(m.first)
+        g.set_input(m.second, 0, src)  # the second now reads src directly, then drop it too
+        assert g.bypass(m.second, src)
 
 
 RULES = [ConstantToInitializer(), RemoveIdentity(), RemoveNeutralElementwise(), ConstArithmetic(), CancelTransposes()]
 
 
-def canonicalize(g: Graph) -> PassResult:
+def canonicalize(g: Graph) -> RewriteTally:
     """Run the canonicalization rules once over the graph."""
-    result = PassResult()
-    run_rules(g, RULES, result)
-    return result
+    tally = RewriteTally()
+    run_rules(g, RULES, tally)
+    return tally

@@ -24,6 +24,8 @@ Adds) into the adjacent Conv / Gemm / MatMul.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from updp.identities import (
@@ -33,8 +35,9 @@ from updp.identities import (
     fold_affine_before_conv_exact,
     fold_affine_before_matmul,
 )
-from updp.onnx_passes._graph import Graph, PassResult, Rule, run_rules
+from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, run_rules
 from updp.onnx_passes._linear import (
+    Affine,
     Linear,
     affine_vectors,
     append_bias_add,
@@ -52,11 +55,26 @@ def _nonzero(v: np.ndarray) -> bool:
     return bool(np.any(v != 0))
 
 
-class FoldAffineAfter(Rule):
+# ------------------------------------------------------------------------- affine after a linear
+
+
+@dataclass(frozen=True)
+class AffineAfterLinearMatch:
+    affine: Affine  # the anchor
+    linear: Linear | str  # the unit producing its input, or why that unit cannot take the fold
+
+
+@dataclass(frozen=True)
+class AffineAfterLinearPlan:
+    scale: np.ndarray  # (O,) float64 per output channel of the linear
+    shift: np.ndarray
+
+
+class FoldAffineAfter(Rule[AffineAfterLinearMatch, AffineAfterLinearPlan]):
     name = "fold_affine_after_linear"
     anchors = AFFINE_OPS
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> AffineAfterLinearMatch | None:
         a = parse_affine(g, idx)
         if a is None:
             return None
@@ -78,7 +96,7 @@ class FoldAffineAfter(Rule):
             lin = parse_linear(g, q)
             if not isinstance(lin, Linear) or lin.bias_idx != p:
                 return None
-            return {"a": a, "lin": lin}
+            return AffineAfterLinearMatch(a, lin)
         if pn.op_type not in ("Conv", "Gemm", "MatMul"):
             return None
         if pn.op_type == "MatMul" and a.op == "Add":
@@ -86,10 +104,10 @@ class FoldAffineAfter(Rule):
         lin = parse_linear(g, p, with_bias_add=False)
         if lin is None:
             return None
-        return {"a": a, "lin": lin}
+        return AffineAfterLinearMatch(a, lin)
 
-    def check(self, g, m):
-        a, lin = m["a"], m["lin"]
+    def check(self, g: Graph, m: AffineAfterLinearMatch) -> Refusal | AffineAfterLinearPlan:
+        a, lin = m.affine, m.linear
         if isinstance(lin, str):
             return lin
         if g.single_consumer(lin.out) != a.idx:
@@ -102,12 +120,13 @@ class FoldAffineAfter(Rule):
             vec = affine_vectors(g, a, g.rank(lin.out), -1, lin.n_out)
         if isinstance(vec, str):
             return vec
-        m["vec"] = vec
-        return None
+        return AffineAfterLinearPlan(*vec)
 
-    def rewrite(self, g, m, result):
-        a, lin = m["a"], m["lin"]
-        s, t = m["vec"]
+    def rewrite(
+        self, g: Graph, m: AffineAfterLinearMatch, plan: AffineAfterLinearPlan, tally: RewriteTally
+    ) -> None:
+        a, lin = m.affine, m.linear
+        s, t = plan.scale, plan.shift
         if lin.kind == "conv":
             W, b = fold_affine_after_conv(lin.W, lin.bias, s, t)
         else:
@@ -121,11 +140,38 @@ class FoldAffineAfter(Rule):
             append_bias_add(g, lin, b)
 
 
-class FoldAffineBefore(Rule):
+# ------------------------------------------------------------------------- affine before a linear
+
+
+@dataclass(frozen=True)
+class AffineBeforeLinearMatch:
+    affine: Affine  # the anchor
+    reshape: int | None  # a Reshape between the affine and the linear (MatMul/Gemm only)
+    linear: Linear | str  # the unit reading the affine, or why that unit cannot take the fold
+
+
+@dataclass(frozen=True)
+class BorderPadding:
+    """What the exact fold of a shift before a zero-padded conv needs to compute the border field."""
+
+    groups: int
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]
+    hw: tuple[int, int]  # the conv's static input H, W
+
+
+@dataclass(frozen=True)
+class AffineBeforeLinearPlan:
+    scale: np.ndarray  # per input channel of the linear, float64
+    shift: np.ndarray
+    border: BorderPadding | None  # set when a nonzero shift meets zero padding
+
+
+class FoldAffineBefore(Rule[AffineBeforeLinearMatch, AffineBeforeLinearPlan]):
     name = "fold_affine_before_linear"
     anchors = AFFINE_OPS
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> AffineBeforeLinearMatch | None:
         a = parse_affine(g, idx)
         if a is None:
             return None
@@ -143,10 +189,10 @@ class FoldAffineBefore(Rule):
         lin = parse_linear(g, c)
         if lin is None:
             return None
-        return {"a": a, "r": r, "lin": lin}
+        return AffineBeforeLinearMatch(a, r, lin)
 
-    def check(self, g, m):
-        a, r, lin = m["a"], m["r"], m["lin"]
+    def check(self, g: Graph, m: AffineBeforeLinearMatch) -> Refusal | AffineBeforeLinearPlan:
+        a, r, lin = m.affine, m.reshape, m.linear
         if isinstance(lin, str):
             return lin
         if lin.kind == "conv":
@@ -158,7 +204,7 @@ class FoldAffineBefore(Rule):
         if isinstance(vec, str):
             return vec
         s, t = vec
-        extra = None
+        border = None
         if lin.kind == "conv" and _nonzero(t):
             groups, strides, pads, dil, auto_pad = conv_params(g, lin.idx)
             if auto_pad not in ("NOTSET", "VALID"):
@@ -171,24 +217,25 @@ class FoldAffineBefore(Rule):
                 shp = g.shape(a.x)
                 if shp is None or len(shp) != 4:
                     return "dynamic spatial shape: a shift before a padded conv needs static H, W"
-                extra = (groups, strides, pads, shp[2:])
-        m["vec"] = (s, t, extra)
-        return None
+                border = BorderPadding(groups, strides, pads, shp[2:])
+        return AffineBeforeLinearPlan(s, t, border)
 
-    def rewrite(self, g, m, result):
-        a, r, lin = m["a"], m["r"], m["lin"]
-        s, t, extra = m["vec"]
+    def rewrite(
+        self, g: Graph, m: AffineBeforeLinearMatch, plan: AffineBeforeLinearPlan, tally: RewriteTally
+    ) -> None:
+        a, r, lin = m.affine, m.reshape, m.linear
+        s, t, border = plan.scale, plan.shift, plan.border
         reader = r if r is not None else lin.idx
         corr = None
         if lin.kind == "conv":
-            groups = conv_params(g, lin.idx)[0]
-            if extra is not None:
-                groups, strides, pads, hw = extra
-                W, b, corr = fold_affine_before_conv_exact(lin.W, lin.bias, s, t, groups, strides, pads, hw)
+            if border is not None:
+                W, b, corr = fold_affine_before_conv_exact(
+                    lin.W, lin.bias, s, t, border.groups, border.strides, border.pads, border.hw
+                )
                 if corr is not None and np.max(np.abs(corr)) <= 1e-12 * (np.max(np.abs(b)) + 1e-30):
                     corr = None
             else:
-                W, b = fold_affine_before_conv(lin.W, lin.bias, s, t, groups)
+                W, b = fold_affine_before_conv(lin.W, lin.bias, s, t, conv_params(g, lin.idx)[0])
         else:
             W, b = fold_affine_before_matmul(lin.W, lin.bias, s, t)
         keep_b = lin.b is not None or _nonzero(b)
@@ -201,7 +248,7 @@ class FoldAffineBefore(Rule):
             add_border_correction(g, lin.idx, corr, lin.dtype)
 
 
-def add_border_correction(g: Graph, conv_idx: int, corr: np.ndarray, dtype) -> int:
+def add_border_correction(g: Graph, conv_idx: int, corr: np.ndarray, dtype: np.dtype) -> int:
     """Append ``Add(conv_out, corr[None])`` after a conv, keeping the conv's output name."""
     n = g.node(conv_idx)
     out = n.output[0]
@@ -214,8 +261,8 @@ def add_border_correction(g: Graph, conv_idx: int, corr: np.ndarray, dtype) -> i
 RULES = [FoldAffineAfter(), FoldAffineBefore()]
 
 
-def fold_affine(g: Graph) -> PassResult:
+def fold_affine(g: Graph) -> RewriteTally:
     """Fold every foldable affine once (after-folds first: they never need a border field)."""
-    result = PassResult()
-    run_rules(g, RULES, result)
-    return result
+    tally = RewriteTally()
+    run_rules(g, RULES, tally)
+    return tally

@@ -22,12 +22,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from updp.identities import add_identity_to_kernel_centre, add_identity_to_matmul
-from updp.onnx_passes._graph import Graph, PassResult, Rule, run_rules
+from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, run_rules
 from updp.onnx_passes._linear import Linear, conv_params, parse_linear, write_linear
 
 
-def _unit_behind(g: Graph, t: str):
+def _unit_behind(g: Graph, t: str) -> tuple[Linear, list[int], str] | None:
     """(linear unit, list of node indices between the linear and t, data input seen from t)."""
     p = g.producer_of(t)
     if p is None:
@@ -82,11 +84,25 @@ def _unit_behind(g: Graph, t: str):
     return lin, chain, x
 
 
-class FoldResidual(Rule):
+@dataclass(frozen=True)
+class ResidualMatch:
+    add: int  # the residual Add
+    x: str  # its skip input, also the linear's data input
+    t: str  # its other input, the end of the linear's branch
+    linear: Linear
+    chain: tuple[int, ...]  # nodes between the linear and the Add (bias Add, Reshapes)
+
+
+@dataclass(frozen=True)
+class ResidualPlan:
+    groups: int  # the conv's groups (1 for a MatMul/Gemm)
+
+
+class FoldResidual(Rule[ResidualMatch, ResidualPlan]):
     name = "fold_residual"
     anchors = ("Add",)
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> ResidualMatch | None:
         n = g.node(idx)
         if len(n.input) != 2 or g.const(n.input[0]) is not None or g.const(n.input[1]) is not None:
             return None
@@ -97,62 +113,63 @@ class FoldResidual(Rule):
                 continue
             lin, chain, data = found
             if data == x:
-                return {"add": idx, "x": x, "t": t, "lin": lin, "chain": chain}
+                return ResidualMatch(idx, x, t, lin, tuple(chain))
         return None
 
-    def check(self, g, m):
-        lin, chain = m["lin"], m["chain"]
+    def check(self, g: Graph, m: ResidualMatch) -> Refusal | ResidualPlan:
+        lin, chain = m.linear, m.chain
         # every intermediate from the flattening Reshape to the Add has one reader
-        for i in [lin.idx] + chain:
+        for i in (lin.idx, *chain):
             out = g.node(i).output[0]
             if g.single_consumer(out) is None:
                 return f"intermediate {out!r} has {g.uses(out)} consumers"
         if lin.kind == "conv":
-            groups, strides, pads, dil, auto_pad = conv_params(g, lin.idx)
-            if lin.W.ndim != 4:
-                return "not a 2-D conv"
-            kh, kw = lin.W.shape[2:]
-            if any(s != 1 for s in strides) or any(d != 1 for d in dil):
-                return "conv is strided or dilated"
-            if kh % 2 == 0 or kw % 2 == 0:
-                return "even kernel has no centre"
-            if auto_pad == "NOTSET" and list(pads) != [kh // 2, kw // 2, kh // 2, kw // 2]:
-                return f"pads {list(pads)} are not 'same' for a {kh}x{kw} kernel"
-            if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
-                return f"auto_pad={auto_pad} does not keep the size"
-            if lin.W.shape[0] != lin.W.shape[1] * groups or (lin.W.shape[0] // groups) != lin.W.shape[1]:
-                return (
-                    f"output channels {lin.W.shape[0]} != input channels {lin.W.shape[1] * groups} per group"
-                )
-            m["groups"] = groups
-        else:
-            if lin.W.shape[0] != lin.W.shape[1]:
-                return f"weight {lin.W.shape} is not square"
-            if len(chain) and g.node(chain[0]).op_type == "Reshape":
-                sx, st = g.shape(m["x"]), g.shape(m["t"])
-                if sx is None or st is None or sx != st:
-                    return "the reshape after the linear does not restore the residual's shape"
-        return None
+            return _check_conv(g, lin)
+        if lin.W.shape[0] != lin.W.shape[1]:
+            return f"weight {lin.W.shape} is not square"
+        if len(chain) and g.node(chain[0]).op_type == "Reshape":
+            sx, st = g.shape(m.x), g.shape(m.t)
+            if sx is None or st is None or sx != st:
+                return "the reshape after the linear does not restore the residual's shape"
+        return ResidualPlan(1)
 
-    def rewrite(self, g, m, result):
-        lin = m["lin"]
+    def rewrite(self, g: Graph, m: ResidualMatch, plan: ResidualPlan, tally: RewriteTally) -> None:
+        lin = m.linear
         if lin.kind == "conv":
-            W = add_identity_to_kernel_centre(lin.W, m["groups"])
+            W = add_identity_to_kernel_centre(lin.W, plan.groups)
         else:
             W = add_identity_to_matmul(lin.W)
         write_linear(g, lin, W, None)
-        add = g.node(m["add"])
-        y = add.output[0]
-        t = m["t"]
-        tp = g.producer_of(t)
-        g.remove(m["add"])
-        g.set_output(tp, list(g.node(tp).output).index(t), y)
+        y = g.node(m.add).output[0]
+        tp = g.producer_of(m.t)
+        g.remove(m.add)
+        g.set_output(tp, list(g.node(tp).output).index(m.t), y)
+
+
+def _check_conv(g: Graph, lin: Linear) -> Refusal | ResidualPlan:
+    """Can the identity be added at the kernel centre of this conv (size-preserving, square)?"""
+    groups, strides, pads, dil, auto_pad = conv_params(g, lin.idx)
+    if lin.W.ndim != 4:
+        return "not a 2-D conv"
+    kh, kw = lin.W.shape[2:]
+    if any(s != 1 for s in strides) or any(d != 1 for d in dil):
+        return "conv is strided or dilated"
+    if kh % 2 == 0 or kw % 2 == 0:
+        return "even kernel has no centre"
+    if auto_pad == "NOTSET" and list(pads) != [kh // 2, kw // 2, kh // 2, kw // 2]:
+        return f"pads {list(pads)} are not 'same' for a {kh}x{kw} kernel"
+    if auto_pad not in ("NOTSET", "SAME_UPPER", "SAME_LOWER"):
+        return f"auto_pad={auto_pad} does not keep the size"
+    if lin.W.shape[0] != lin.W.shape[1] * groups or (lin.W.shape[0] // groups) != lin.W.shape[1]:
+        return f"output channels {lin.W.shape[0]} != input channels {lin.W.shape[1] * groups} per group"
+    return ResidualPlan(groups)
 
 
 RULES = [FoldResidual()]
 
 
-def fold_residual(g: Graph) -> PassResult:
-    result = PassResult()
-    run_rules(g, RULES, result)
-    return result
+def fold_residual(g: Graph) -> RewriteTally:
+    """Run the residual fold once over the graph."""
+    tally = RewriteTally()
+    run_rules(g, RULES, tally)
+    return tally

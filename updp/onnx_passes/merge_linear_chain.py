@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,7 +44,7 @@ from updp.identities import (
     dense_kernel,
     fold_affine_before_conv,
 )
-from updp.onnx_passes._graph import Graph, PassResult, Rule, attr, run_rules
+from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, run_rules
 from updp.onnx_passes._linear import Linear, conv_params, parse_linear
 from updp.onnx_passes.cost import DEFAULT_COST_MODEL, CostModel
 
@@ -55,7 +56,9 @@ NOMINAL_HW = (32, 32)
 # ------------------------------------------------------------------------- planner
 
 
-def plan_segments(n: int, cost) -> tuple[list[tuple[int, int]], float]:
+def plan_segments(
+    n: int, cost: Callable[[int, int], float | None]
+) -> tuple[list[tuple[int, int]], float]:
     """Cheapest partition of units 0..n-1 into contiguous segments.
 
     `cost(i, j)` returns the cost of merging units i..j (inclusive) or None if not exact.
@@ -87,8 +90,10 @@ def _scope(names: list[str]) -> str:
 # ------------------------------------------------------------------------- conv units
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConvUnit:
+    """A conv with its optional constant Add (bias field) after it; frozen: rules keep it in their match."""
+
     idx: int
     add_idx: int | None
     name: str
@@ -130,6 +135,7 @@ class ConvUnit:
 
 
 def parse_conv_unit(g: Graph, idx: int) -> ConvUnit | str | None:
+    """The conv unit at `idx`; a reason string if it is a conv that cannot merge; None if no conv."""
     lin = parse_linear(g, idx)
     if lin is None or isinstance(lin, str) or lin.kind != "conv":
         return lin if isinstance(lin, str) else None
@@ -200,8 +206,10 @@ def _prev_unit_output(g: Graph, x: str) -> bool:
     return False
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegMeta:
+    """Shape-only description of a merged segment, what the cost model needs."""
+
     kernel: tuple[int, int]
     stride: tuple[int, int]
     depthwise: bool
@@ -212,7 +220,7 @@ class SegMeta:
     out_hw: tuple[int, int]
 
 
-def segment_meta(units: list[ConvUnit], i: int, j: int) -> SegMeta | str:
+def segment_meta(units: Sequence[ConvUnit], i: int, j: int) -> SegMeta | str:
     """Shape-only description of merging units i..j, or the reason it is not exact."""
     u0 = units[i]
     k, s, pads = tuple(u0.W.shape[2:]), u0.strides, u0.pads
@@ -253,7 +261,8 @@ def segment_meta(units: list[ConvUnit], i: int, j: int) -> SegMeta | str:
     return SegMeta(k, s, dw, needs_field, u0.cin, units[j].cout, in_hw, out_hw)
 
 
-def segment_cost(units, i, j, cm: CostModel) -> float | None:
+def segment_cost(units: Sequence[ConvUnit], i: int, j: int, cm: CostModel) -> float | None:
+    """Estimated cost of units i..j merged into one conv (+ border Add), or None if not exact."""
     if i == j:
         u = units[i]
         meta = segment_meta(units, i, i)
@@ -271,7 +280,8 @@ def segment_cost(units, i, j, cm: CostModel) -> float | None:
     return c
 
 
-def describe_segment(units, i, j) -> str:
+def describe_segment(units: Sequence[ConvUnit], i: int, j: int) -> str:
+    """Short kernel description of the merged segment i..j for the decision log."""
     if i == j:
         return units[i].describe()
     meta = segment_meta(units, i, j)
@@ -283,7 +293,7 @@ def describe_segment(units, i, j) -> str:
     return f"dense {kh}x{kw} {meta.cin}x{meta.cout}"
 
 
-def build_segment(units: list[ConvUnit], i: int, j: int):
+def build_segment(units: Sequence[ConvUnit], i: int, j: int) -> tuple:
     """Merged (K, groups, strides, pads, bias, field) for units i..j (exactness already checked)."""
     u0 = units[i]
     K, Kg, s, pads = u0.W, u0.groups, u0.strides, u0.pads
@@ -321,14 +331,34 @@ def build_segment(units: list[ConvUnit], i: int, j: int):
     return K, Kg, s, pads, b, field
 
 
-class MergeConvChain(Rule):
+@dataclass(frozen=True)
+class ConvChainMatch:
+    units: tuple[ConvUnit, ...]  # the chain from its head, each unit the only reader of the previous
+    stop: str | None  # why the chain ends where it does, when a conv follows that cannot merge
+
+
+@dataclass(frozen=True)
+class ChainPlan:
+    """The planner's partition of a chain and the decision line the tally reports for it."""
+
+    segments: tuple[tuple[int, int], ...]  # contiguous (first, last) unit indices, in order
+    decision: str
+
+
+def _chain_text(names: list[str]) -> str:
+    """The chain for the decision log: the second-to-last component of each node name (the module,
+    e.g. ``conv_dw`` of ``/stages.0/blocks.3/conv_dw/Conv``), joined by arrows."""
+    return "\u2192".join(n_.rsplit("/", 2)[-2] if n_.count("/") >= 2 else n_ for n_ in names)
+
+
+class MergeConvChain(Rule[ConvChainMatch, ChainPlan]):
     name = "merge_conv_chain"
     anchors = ("Conv",)
 
     def __init__(self, cost_model: CostModel = DEFAULT_COST_MODEL):
         self.cm = cost_model
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> ConvChainMatch | None:
         head = parse_conv_unit(g, idx)
         if not isinstance(head, ConvUnit) or _prev_unit_output(g, head.x):
             return None
@@ -342,14 +372,14 @@ class MergeConvChain(Rule):
                 stop = f"{g.label(c)}: {u}"
                 break
             units.append(u)
-        if len(units) < 2:
-            return {"units": units, "stop": stop} if stop else None
-        return {"units": units, "stop": stop}
+        if len(units) < 2 and not stop:
+            return None
+        return ConvChainMatch(tuple(units), stop)
 
-    def check(self, g, m):
-        units = m["units"]
+    def check(self, g: Graph, m: ConvChainMatch) -> Refusal | ChainPlan:
+        units = m.units
         if len(units) < 2:
-            return f"chain ends at a conv that cannot merge: {m['stop']}"
+            return f"chain ends at a conv that cannot merge: {m.stop}"
         n = len(units)
         cache = {}
 
@@ -364,12 +394,10 @@ class MergeConvChain(Rule):
         names = [u.name for u in units]
         plan = " + ".join(describe_segment(units, i, j) for i, j in segs)
         full_txt = f"{full / 1e3:.3g}" if full is not None else "not exact"
-        chain = "\u2192".join(n_.rsplit("/", 2)[-2] if n_.count("/") >= 2 else n_ for n_ in names)
-        m["decision"] = (
-            f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
+        decision = (
+            f"chain {_chain_text(names)}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
             f"separate {separate / 1e3:.3g}, fully merged {full_txt})"
         )
-        m["segs"] = segs
         if all(i == j for i, j in segs):
             reasons = []
             for k in range(n - 1):
@@ -377,13 +405,13 @@ class MergeConvChain(Rule):
                 if isinstance(meta, str):
                     reasons.append(meta)
             why = "; ".join(reasons) if reasons else "keeping the convs separate is cheapest"
-            return f"{why} [{m['decision']}]"
-        return None
+            return f"{why} [{decision}]"
+        return ChainPlan(tuple(segs), decision)
 
-    def rewrite(self, g, m, result):
-        units = m["units"]
-        result.decisions.append(m["decision"])
-        for i, j in m["segs"]:
+    def rewrite(self, g: Graph, m: ConvChainMatch, plan: ChainPlan, tally: RewriteTally) -> None:
+        units = m.units
+        tally.decisions.append(plan.decision)
+        for i, j in plan.segments:
             if i == j:
                 continue
             K, Kg, s, pads, b, field = build_segment(units, i, j)
@@ -424,14 +452,19 @@ def _rows(g: Graph, x: str) -> int | None:
     return int(np.prod(s[:-1])) if s is not None and len(s) >= 1 else None
 
 
-class MergeMatMulChain(Rule):
+@dataclass(frozen=True)
+class MatMulChainMatch:
+    units: tuple[Linear, ...]  # at least two, from the chain's head, each the only reader of the previous
+
+
+class MergeMatMulChain(Rule[MatMulChainMatch, ChainPlan]):
     name = "merge_matmul_chain"
     anchors = ("MatMul", "Gemm")
 
     def __init__(self, cost_model: CostModel = DEFAULT_COST_MODEL):
         self.cm = cost_model
 
-    def match(self, g, idx):
+    def match(self, g: Graph, idx: int) -> MatMulChainMatch | None:
         head = parse_linear(g, idx)
         if not isinstance(head, Linear) or head.kind == "conv":
             return None
@@ -458,10 +491,10 @@ class MergeMatMulChain(Rule):
             if not isinstance(u, Linear):
                 break
             units.append(u)
-        return {"units": units} if len(units) >= 2 else None
+        return MatMulChainMatch(tuple(units)) if len(units) >= 2 else None
 
-    def check(self, g, m):
-        units = m["units"]
+    def check(self, g: Graph, m: MatMulChainMatch) -> Refusal | ChainPlan:
+        units = m.units
         rows = _rows(g, units[0].x)
         r = rows or 1
 
@@ -472,50 +505,54 @@ class MergeMatMulChain(Rule):
         separate = sum(cost(i, i) for i in range(len(units)))
         names = [g.label(u.idx) for u in units]
         plan = " + ".join(f"linear {units[i].n_in}x{units[j].n_out}" for i, j in segs)
-        chain = "\u2192".join(n_.rsplit("/", 2)[-2] if n_.count("/") >= 2 else n_ for n_ in names)
-        m["decision"] = (
-            f"chain {chain}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
+        decision = (
+            f"chain {_chain_text(names)}{_scope(names)}: {plan} (est cost {best / 1e3:.3g} us vs "
             f"separate {separate / 1e3:.3g}{'' if rows else ', rows unknown'})"
         )
-        m["segs"] = segs
         if all(i == j for i, j in segs):
-            return f"keeping the linears separate is cheapest [{m['decision']}]"
-        return None
+            return f"keeping the linears separate is cheapest [{decision}]"
+        return ChainPlan(tuple(segs), decision)
 
-    def rewrite(self, g, m, result):
-        units = m["units"]
-        result.decisions.append(m["decision"])
-        for i, j in m["segs"]:
+    def rewrite(self, g: Graph, m: MatMulChainMatch, plan: ChainPlan, tally: RewriteTally) -> None:
+        units = m.units
+        tally.decisions.append(plan.decision)
+        for i, j in plan.segments:
             if i == j:
                 continue
-            W, b = units[i].W, units[i].bias
-            for u in units[i + 1 : j + 1]:
-                W, b = compose_matmul(W, b, u.W, u.bias)
-            has_bias = any(u.b is not None for u in units[i : j + 1])
-            first = units[i]
-            x, y, dt = first.x, units[j].out, first.dtype
-            base = g.label(first.idx)
-            for u in units[i : j + 1]:
-                g.remove(u.idx)
-                if u.bias_idx is not None:
-                    g.remove(u.bias_idx)
-            wn = g.add_init(W.astype(dt), f"{base}_merged_weight")
-            if first.kind == "gemm":
-                ins = [x, wn] + ([g.add_init(b.astype(dt), f"{base}_merged_bias")] if has_bias else [])
-                g.add(helper.make_node("Gemm", ins, [y], name=g.fresh(f"{base}_merged")))
-            elif has_bias:
-                mid = g.fresh(y + "_nobias")
-                g.add(helper.make_node("MatMul", [x, wn], [mid], name=g.fresh(f"{base}_merged")))
-                bn = g.add_init(b.astype(dt), f"{base}_merged_bias")
-                g.make_node("Add", [mid, bn], [y], f"{base}_merged/bias")
-            else:
-                g.add(helper.make_node("MatMul", [x, wn], [y], name=g.fresh(f"{base}_merged")))
+            _merge_matmul_segment(g, units[i : j + 1])
 
 
-def merge_chains(g: Graph, cost_model: CostModel = DEFAULT_COST_MODEL) -> PassResult:
-    result = PassResult()
-    run_rules(g, [MergeConvChain(cost_model), MergeMatMulChain(cost_model)], result)
-    return result
+def _merge_matmul_segment(g: Graph, seg: Sequence[Linear]) -> None:
+    """Replace the units of `seg` by one MatMul (+ bias Add), or a Gemm if the segment starts with one."""
+    W, b = seg[0].W, seg[0].bias
+    for u in seg[1:]:
+        W, b = compose_matmul(W, b, u.W, u.bias)
+    has_bias = any(u.b is not None for u in seg)
+    first = seg[0]
+    x, y, dt = first.x, seg[-1].out, first.dtype
+    base = g.label(first.idx)
+    for u in seg:
+        g.remove(u.idx)
+        if u.bias_idx is not None:
+            g.remove(u.bias_idx)
+    wn = g.add_init(W.astype(dt), f"{base}_merged_weight")
+    if first.kind == "gemm":
+        ins = [x, wn] + ([g.add_init(b.astype(dt), f"{base}_merged_bias")] if has_bias else [])
+        g.add(helper.make_node("Gemm", ins, [y], name=g.fresh(f"{base}_merged")))
+    elif has_bias:
+        mid = g.fresh(y + "_nobias")
+        g.add(helper.make_node("MatMul", [x, wn], [mid], name=g.fresh(f"{base}_merged")))
+        bn = g.add_init(b.astype(dt), f"{base}_merged_bias")
+        g.make_node("Add", [mid, bn], [y], f"{base}_merged/bias")
+    else:
+        g.add(helper.make_node("MatMul", [x, wn], [y], name=g.fresh(f"{base}_merged")))
 
 
-__all__ = ["MergeConvChain", "MergeMatMulChain", "merge_chains", "plan_segments", "attr"]
+def merge_chains(g: Graph, cost_model: CostModel = DEFAULT_COST_MODEL) -> RewriteTally:
+    """Run the conv- and matmul-chain merges once over the graph, planned with `cost_model`."""
+    tally = RewriteTally()
+    run_rules(g, [MergeConvChain(cost_model), MergeMatMulChain(cost_model)], tally)
+    return tally
+
+
+__all__ = ["MergeConvChain", "MergeMatMulChain", "merge_chains", "plan_segments"]

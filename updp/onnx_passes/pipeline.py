@@ -1,8 +1,9 @@
 """The optimization pipeline: canonicalize, then fold and merge until nothing changes.
 
-Each iteration builds one `Graph` view (one shape inference), runs every pass over it in order,
-and writes the model back. Refusals are reported from the last iteration only (earlier ones may
-be transient: a tensor created by a rewrite has no inferred shape until the next iteration).
+Each iteration runs two phases (the folds, then the chain merges and residual folds); each phase
+builds one `Graph` view (one shape inference), runs its passes over it in order, and writes the
+model back. Refusals are reported from the last iteration only (earlier ones may be transient:
+a tensor created by a rewrite has no inferred shape until the next iteration).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import onnx
 
-from updp.errors import InputError
-from updp.onnx_passes._graph import Graph, PassResult
+from updp.core.errors import InputError
+from updp.onnx_passes._graph import Graph, RewriteTally
 from updp.onnx_passes.canonicalize import canonicalize
 from updp.onnx_passes.channels_last import channels_last
 from updp.onnx_passes.cost import DEFAULT_COST_MODEL, CostModel
@@ -62,10 +64,12 @@ class OptimizeResult:
 
 
 def _ops(model: onnx.ModelProto) -> dict[str, int]:
+    """Node count per op type, sorted by op type."""
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
 def _opset(model: onnx.ModelProto) -> int | None:
+    """The model's default-domain opset version, or None if it imports none."""
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):
             return o.version
@@ -96,20 +100,10 @@ def optimize_model(
         InputError: the model has no graph or an unsupported opset.
     """
     t0 = time.perf_counter()
-    if not model.graph.node:
-        raise InputError("the model has no nodes")
-    opset = _opset(model)
-    if opset is None or opset < MIN_OPSET:
-        raise InputError(
-            f"default-domain opset {opset} is too old; export with opset >= {MIN_OPSET} (17+ recommended)"
-        )
+    _validate(model)
     work = onnx.ModelProto()
     work.CopyFrom(model)
     ops_before, nodes_before = _ops(model), len(model.graph.node)
-    total = PassResult()
-    last = PassResult()
-    decisions: list[str] = []
-    iterations = 0
     # Two phases per round, each on a fresh view (fresh shapes): the planner needs the spatial
     # sizes of tensors that the folds and the channels-last rewrite have just created.
     folds = (canonicalize, channels_last, fold_affine) + ((fold_layernorm,) if fold_layernorm_affine else ())
@@ -117,14 +111,79 @@ def optimize_model(
         folds,
         (lambda g: merge_chains(g, cost_model), fold_residual),
     )
+    run = _iterate(work, phases, max_iterations)
+    work = run.model
+    try:
+        onnx.checker.check_model(work, full_check=True)
+    except onnx.checker.ValidationError as exc:  # a bug in a rewrite, not a user error
+        raise RuntimeError(f"optimized model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    res = OptimizeResult(
+        work,
+        bool(run.applied),
+        nodes_before,
+        len(work.graph.node),
+        ops_before,
+        _ops(work),
+        dict(sorted(run.applied.items())),
+        list(dict.fromkeys(run.last.refusals)),
+        run.decisions,
+        run.iterations,
+        time.perf_counter() - t0,
+    )
+    logger.info(
+        "optimize: %d -> %d nodes in %d iterations (%.2fs): %s",
+        res.nodes_before,
+        res.nodes_after,
+        run.iterations,
+        res.seconds,
+        res.applied,
+    )
+    return res
+
+
+def _validate(model: onnx.ModelProto) -> None:
+    """Refuse models the passes cannot work on, before any work is done."""
+    if not model.graph.node:
+        raise InputError("the model has no nodes")
+    opset = _opset(model)
+    if opset is None or opset < MIN_OPSET:
+        raise InputError(
+            f"default-domain opset {opset} is too old; export with opset >= {MIN_OPSET} (17+ recommended)"
+        )
+
+
+Pass = Callable[[Graph], RewriteTally]
+
+
+@dataclass
+class _Run:
+    """What the iterations did, for `optimize_model` to report."""
+
+    model: onnx.ModelProto
+    applied: Counter  # rule applications summed over all iterations
+    last: RewriteTally  # the last iteration's tally (its refusals are the ones reported)
+    decisions: list[str]  # planner decisions, each once, in first-seen order
+    iterations: int
+
+
+def _iterate(work: onnx.ModelProto, phases: Sequence[Sequence[Pass]], max_iterations: int) -> _Run:
+    """Run the phases round after round until a round changes nothing (or `max_iterations`).
+
+    Each phase gets a fresh `Graph` view (one shape inference) and writes the model back at its
+    end, so the next phase sees the shapes of the tensors the previous one created.
+    """
+    applied: Counter = Counter()
+    last = RewriteTally()
+    decisions: list[str] = []
+    iterations = 0
     for iterations in range(1, max_iterations + 1):
-        it = PassResult()
+        it = RewriteTally()
         for phase in phases:
             g = Graph(work)
             for p in phase:
                 it.merge(p(g))
             work = g.finish()
-        total.applied.update(it.applied)
+        applied.update(it.applied)
         for d in it.decisions:
             if d not in decisions:
                 decisions.append(d)
@@ -134,30 +193,4 @@ def optimize_model(
             break
     else:
         logger.warning("optimization did not converge in %d iterations", max_iterations)
-    try:
-        onnx.checker.check_model(work, full_check=True)
-    except onnx.checker.ValidationError as exc:  # a bug in a rewrite, not a user error
-        raise RuntimeError(f"optimized model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-    refusals = list(dict.fromkeys(last.refusals))
-    res = OptimizeResult(
-        work,
-        bool(total.applied),
-        nodes_before,
-        len(work.graph.node),
-        ops_before,
-        _ops(work),
-        dict(sorted(total.applied.items())),
-        refusals,
-        decisions,
-        iterations,
-        time.perf_counter() - t0,
-    )
-    logger.info(
-        "optimize: %d -> %d nodes in %d iterations (%.2fs): %s",
-        res.nodes_before,
-        res.nodes_after,
-        iterations,
-        res.seconds,
-        res.applied,
-    )
-    return res
+    return _Run(work, applied, last, decisions, iterations)
