@@ -17,7 +17,7 @@ def setup_logging() -> None:
 
 
 def save_json(name: str, payload: dict) -> Path:
-    from updp._io import write_text_atomic
+    from updp.core.io import write_text_atomic
 
     path = RESULTS / name
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))

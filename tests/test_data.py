@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from updp.data import get_datasets, stratified_split
-from updp.errors import InputError
+from updp.core.errors import InputError
 
 
 def _ids(ds) -> set[int]:

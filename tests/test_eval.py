@@ -13,7 +13,7 @@ import pytest
 
 from updp.api import ExportOptions, export_model
 from updp.cli import main
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.pruning.progressive import prune_checkpoint
 from updp.pruning.train import TrainConfig, evaluate_file
 

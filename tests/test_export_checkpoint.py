@@ -10,7 +10,7 @@ import torch
 
 from updp.api import ExportOptions, export_model
 from updp.cli import main
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.models import create_model
 from updp.ort import make_session
 from updp.pruning import PrunePlan, apply_pruning, randomize_norm_stats

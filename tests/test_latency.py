@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.latency import runner
 from updp.latency.runner import BenchReport, LatencySetup, benchmark
 

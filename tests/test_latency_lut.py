@@ -7,7 +7,7 @@ import json
 import pytest
 import timm
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.latency import LatencySetup
 from updp.pruning.latency_lut import BlockLatency, LatencyLUT, build_lut
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.latency import (
     OTHER,
     LatencySetup,

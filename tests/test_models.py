@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.models import check_input_size, create_model, load_checkpoint, parse_spec
 
 

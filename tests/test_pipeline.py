@@ -14,7 +14,7 @@ import typing
 
 import pytest
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.pipeline import RunConfig, run_pipeline
 from updp.pipeline.config import (
     BaselineConfig,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from updp.cli import main
-from updp.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError
 from updp.models import create_model
 from updp.pruning import PrunePlan, find_blocks
 from updp.pruning.progressive import PruneConfig, drop_blocks, prune_checkpoint

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from updp.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError
 from updp.pruning import (
     BlockHandler,
     PrunedBlock,

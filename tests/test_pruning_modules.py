@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.pruning import BlendedNorm, ChannelBatchNorm, EndAct, LambdaAct, calibrate_bn
 from updp.pruning.modules import bn_from_layernorm
 

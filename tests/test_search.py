@@ -10,7 +10,7 @@ import timm
 import torch
 from timm.models.resnet import BasicBlock, ResNet
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.pruning import PrunePlan, find_blocks
 from updp.pruning.latency_lut import BlockLatency, LatencyLUT
 from updp.pruning.search import (

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from updp.data import DataBundle
-from updp.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError
 from updp.pruning import find_blocks
 from updp.pruning.supernet import (
     BASE,

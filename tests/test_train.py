@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from updp.data import get_datasets
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.models import create_model
 from updp.pruning import apply_pruning, pruned_blocks, set_lam
 from updp.pruning.distill import DistillationLoss, kd_kl

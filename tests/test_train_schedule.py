@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 from updp.pruning.schedule import KINDS, LambdaSchedule
 
 

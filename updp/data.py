@@ -40,7 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from updp.errors import InputError
+from updp.core.errors import InputError
+from updp.core.seeding import mix_seed
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,6 @@ HOLDOUT_FRACTION = 0.1   # carved from the training split for the subnet search
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_SPECS = "mnist5k, digits, imagefolder:PATH, cifar10:PATH"
-
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from integers (splitmix-style), so nearby (seed, epoch, index) do not collide."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h ^= (int(p) + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
-        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
 
 
 @dataclass
@@ -126,7 +118,7 @@ class ImageTensorDataset(Dataset):
         idx = int(self.indices[i])
         x = self.images[idx]  # (C, H, W) uint8
         if self.augment:
-            g = torch.Generator().manual_seed(_mix(self.seed, self.epoch, idx))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, idx))
             h, w = x.shape[-2:]
             p = self.pad
             dy, dx = torch.randint(0, 2 * p + 1, (2,), generator=g).tolist()
@@ -179,7 +171,7 @@ def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.
                         name: str, spec: str, size: tuple[int, int], split_seed: int, hflip: bool,
                         source: str) -> DataBundle:
     lab_t = torch.as_tensor(labels, dtype=torch.int64)
-    rest, hold_local = stratified_split(labels[train_idx], HOLDOUT_FRACTION, _mix(split_seed, 1))
+    rest, hold_local = stratified_split(labels[train_idx], HOLDOUT_FRACTION, mix_seed(split_seed, 1))
     tr_idx, ho_idx = train_idx[rest], train_idx[hold_local]
     mean, std = _stats(images, tr_idx)
     common = {"mean": mean, "std": std, "seed": split_seed, "out_chans": 3}
@@ -275,7 +267,7 @@ class _FolderSplit(Dataset):
         if self.augment:
             # torchvision transforms draw from the global torch RNG: fork it, seeded per item.
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_mix(self.seed, self.epoch, idx))
+                torch.manual_seed(mix_seed(self.seed, self.epoch, idx))
                 x = self.transform(img)
         else:
             x = self.transform(img)
@@ -307,7 +299,7 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
                                   transforms.RandomHorizontalFlip(), *norm])
     t_eval = transforms.Compose([rgb, transforms.Resize(size), *norm])
     labels = np.asarray(train_f.targets, dtype=np.int64)
-    rest, hold = stratified_split(labels, HOLDOUT_FRACTION, _mix(split_seed, 1))
+    rest, hold = stratified_split(labels, HOLDOUT_FRACTION, mix_seed(split_seed, 1))
     train = _FolderSplit(train_f, rest, t_train, augment=True, seed=split_seed)
     holdout = _FolderSplit(train_f, hold, t_eval, augment=False, seed=split_seed)
     val = _FolderSplit(val_f, np.arange(len(val_f)), t_eval, augment=False, seed=split_seed)

@@ -13,16 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from updp.errors import InputError
+from updp.core.constants import OPT_LEVELS
+from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-OPT_LEVELS = {
-    "disable": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,

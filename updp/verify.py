@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from updp.errors import VerificationError
+from updp.core.errors import VerificationError
 from updp.ort import make_session, random_inputs
 
 logger = logging.getLogger(__name__)

@@ -18,15 +18,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from updp.errors import InputError, UnsupportedError
-from updp.pruning.discover import BlockInfo, _structural
-from updp.pruning.modules import ChannelBatchNorm, _check_lam
-from updp.pruning.registry import PrunedBlock, get_handler
+from updp.blocks.discover import BlockInfo, recognized_blocks
+from updp.blocks.modules import ChannelBatchNorm, check_lam
+from updp.blocks.registry import PrunedBlock, get_handler
+from updp.core.errors import InputError, UnsupportedError
 
 logger = logging.getLogger(__name__)
 
 
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+def set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     setattr(parent, attr, new)
@@ -50,9 +50,9 @@ def apply_pruning(model: nn.Module, indices: Iterable[int], lam: float = 1.0,
         InputError: an index out of range or repeated.
         UnsupportedError: a chosen block is not prunable (the message names it and says why).
     """
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     indices = list(indices)
-    found = _structural(model)
+    found = recognized_blocks(model)
     if len(set(indices)) != len(indices):
         raise InputError(f"block indices repeat: {indices}")
     for i in indices:
@@ -75,15 +75,47 @@ def apply_pruning(model: nn.Module, indices: Iterable[int], lam: float = 1.0,
         pruned.options["shortcut"] = handler.shortcut(module)
         pruned.train(module.training)
         pruned.set_lam(lam)
-        _set_submodule(model, info.name, pruned)
+        set_submodule(model, info.name, pruned)
         logger.info("block %d (%s, %s) converted, lambda=%s", i, info.name, info.family, lam)
-    after = _structural(model)
+    after = recognized_blocks(model)
     return [after[i][0] for i in indices]
+
+
+def drop_blocks(model: nn.Module, indices: list[int]) -> list[str]:
+    """Replace each block at `indices` (see `find_blocks`) by `nn.Identity`, in place.
+
+    Only exact for the *structure*: a block `y = x + f(x)` becomes `y = x`. Blocks whose shortcut is
+    not the identity (projection, or no residual) cannot be dropped: their output has another shape
+    or meaning.
+
+    Returns:
+        The module paths of the dropped blocks.
+
+    Raises:
+        InputError: index out of range or repeated.
+        UnsupportedError: a block without an identity shortcut.
+    """
+    found = recognized_blocks(model)
+    if len(set(indices)) != len(indices):
+        raise InputError(f"block indices repeat: {indices}")
+    for i in indices:
+        if not 0 <= i < len(found):
+            raise InputError(f"block index {i} out of range: the model has {len(found)} recognized blocks "
+                             f"(0..{len(found) - 1})")
+        info = found[i][0]
+        if info.shortcut != "identity":
+            raise UnsupportedError(f"block {i} ({info.name}) has a {info.shortcut} shortcut, not an identity: "
+                                   "it cannot be dropped (--drop removes a block by keeping only its skip)")
+    names = [found[i][0].name for i in indices]
+    for name in names:
+        set_submodule(model, name, nn.Identity())
+        logger.info("dropped block %s", name)
+    return names
 
 
 def set_lam(model: nn.Module, lam: float) -> int:
     """Set λ of every pruned block of `model`; returns how many blocks were set."""
-    lam = _check_lam(lam)
+    lam = check_lam(lam)
     blocks = pruned_blocks(model)
     for _, blk in blocks:
         blk.set_lam(lam)
@@ -135,7 +167,7 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-def _target_bns(model: nn.Module, which: str) -> list[_BatchNorm]:
+def target_batchnorms(model: nn.Module, which: str) -> list[_BatchNorm]:
     if which == "all":
         return [m for m in model.modules() if isinstance(m, _BatchNorm)]
     if which == "pruned":
@@ -164,7 +196,7 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, which: str = "prun
     Returns:
         The number of batches used.
     """
-    bns = _target_bns(model, which)
+    bns = target_batchnorms(model, which)
     if not bns:
         return 0
     modes = {m: m.training for m in model.modules()}
@@ -206,7 +238,7 @@ def pruned_state(model: nn.Module) -> dict[str, float]:
 
 def indices_of(model: nn.Module, names: Sequence[str]) -> list[int]:
     """Block indices for module paths; `InputError` naming an unknown path."""
-    by_name = {info.name: info.index for info, _ in _structural(model)}
+    by_name = {info.name: info.index for info, _ in recognized_blocks(model)}
     out = []
     for n in names:
         if n not in by_name:

@@ -25,9 +25,9 @@ import torch
 from timm.layers.attention import Attention
 from torch import nn
 
-import updp.pruning.families  # noqa: F401  (registers the built-in families)
-from updp.errors import InputError
-from updp.pruning.registry import SHORTCUT_IDENTITY, PrunedBlock, get_handler
+import updp.blocks.families  # noqa: F401  (registers the built-in families)
+from updp.blocks.registry import SHORTCUT_IDENTITY, PrunedBlock, get_handler
+from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _qualname(m: nn.Module) -> str:
     return f"{type(m).__module__}.{type(m).__qualname__}"
 
 
-def _structural(model: nn.Module, identity_shortcut_only: bool = False) -> list[tuple[BlockInfo, nn.Module]]:
+def recognized_blocks(model: nn.Module, identity_shortcut_only: bool = False) -> list[tuple[BlockInfo, nn.Module]]:
     found: list[tuple[BlockInfo, nn.Module]] = []
     inside: str | None = None
     for name, module in model.named_modules():
@@ -198,7 +198,7 @@ def find_blocks(model: nn.Module, input_size: int | Sequence[int] | None = None,
     Returns:
         A `BlockInfo` per block; non-prunable ones carry the reason.
     """
-    found = _structural(model, identity_shortcut_only)
+    found = recognized_blocks(model, identity_shortcut_only)
     if input_size is None or not found:
         return [info for info, _ in found]
     shapes: dict[str, tuple] = {}

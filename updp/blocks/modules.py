@@ -42,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from updp.core.errors import InputError
 
-def _check_lam(lam: float) -> float:
+
+def check_lam(lam: float) -> float:
+    """λ as a float, refused outside [0, 1] (the blend is only defined there)."""
     lam = float(lam)
     if not 0.0 <= lam <= 1.0:
-        from updp.errors import InputError
-
         raise InputError(f"lambda must be in [0, 1], got {lam}")
     return lam
 
@@ -60,7 +61,7 @@ class LambdaModule(nn.Module):
         self.lam = 0.0
 
     def set_lam(self, lam: float) -> None:
-        self.lam = _check_lam(lam)
+        self.lam = check_lam(lam)
 
     def extra_repr(self) -> str:
         return f"lam={self.lam}"

@@ -12,9 +12,17 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from updp.errors import InputError
+from torch import nn
+
+from updp.blocks.convert import apply_pruning, drop_blocks
+from updp.blocks.discover import BlockInfo, find_blocks
+from updp.blocks.registry import SHORTCUT_IDENTITY
+from updp.core.errors import InputError
+from updp.core.io import write_text_atomic
+from updp.models.zoo import same_model
 
 SCHEMA_VERSION = 1
+DROP_OPTION = "drop"  # block option of a plan whose blocks are removed (the block-drop ablation)
 _OPTIONAL_RECORDS = ("search", "scores", "latency", "supernet")
 
 
@@ -84,16 +92,31 @@ class PrunePlan:
                 del d[name]
         return d
 
-    def check_model(self, model: Any) -> list[Any]:
-        """Check that the plan's blocks exist in `model` and can be pruned; their `BlockInfo`s.
+    @property
+    def is_drop(self) -> bool:
+        """A plan of the block-drop ablation: its blocks are removed, not linearized."""
+        return bool(self.block_options.get(DROP_OPTION, False))
+
+    def family_options(self) -> dict[str, Any]:
+        """The options for `apply_pruning` (the block options without the drop marker)."""
+        return {k: v for k, v in self.block_options.items() if k != DROP_OPTION}
+
+    def check_against(self, model: nn.Module, *, model_name: str | None = None) -> list[BlockInfo]:
+        """The one check that a plan fits a model; the `BlockInfo`s of its blocks.
+
+        Args:
+            model: the unpruned model the plan is to be applied to.
+            model_name: the model's spec (e.g. from its checkpoint); when given, it must name
+                the plan's model.
 
         Raises:
-            InputError: a block index out of range, a recorded block name that differs from the
-                model's block at that index (the plan was made for another model), or a block
-                that is not prunable. One line, naming the block.
+            InputError: another model; a block index out of range; a recorded block name that
+                differs from the model's block at that index (a plan for another model); a block
+                that cannot be pruned (or, for a drop plan, has no identity shortcut to keep).
+                One line, naming the block.
         """
-        from updp.pruning.discover import find_blocks
-
+        if model_name is not None and not same_model(self.model, model_name):
+            raise InputError(f"the prune plan is for {self.model}, the model is {model_name}")
         found = find_blocks(model)
         out = []
         for k, i in enumerate(self.blocks):
@@ -104,10 +127,22 @@ class PrunePlan:
             if self.block_names and self.block_names[k] != info.name:
                 raise InputError(f"prune plan: block {i} is {info.name!r} in this model, the plan names "
                                  f"{self.block_names[k]!r} (a plan for another model?)")
-            if not info.prunable:
+            if self.is_drop and info.shortcut != SHORTCUT_IDENTITY:
+                raise InputError(f"prune plan: block {i} ({info.name}) has a {info.shortcut} shortcut, not an "
+                                 "identity: it cannot be dropped")
+            if not self.is_drop and not info.prunable:
                 raise InputError(f"prune plan: block {i} ({info.name}) is not prunable: {info.reason}")
             out.append(info)
         return out
+
+    def apply(self, model: nn.Module, *, model_name: str | None = None) -> None:
+        """Give `model` the structure the plan describes, in place: its blocks pruned at `lam`, or
+        (a drop plan) removed. Checked first with `check_against`."""
+        self.check_against(model, model_name=model_name)
+        if self.is_drop:
+            drop_blocks(model, list(self.blocks))
+        else:
+            apply_pruning(model, self.blocks, lam=self.lam, **self.family_options())
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
@@ -141,8 +176,6 @@ class PrunePlan:
         return cls.from_dict(d)
 
     def save(self, path: str) -> None:
-        from updp._io import write_text_atomic
-
         write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod

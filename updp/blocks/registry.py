@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from updp.errors import UnsupportedError
-from updp.pruning.modules import LambdaModule, _check_lam
+from updp.blocks.modules import LambdaModule, check_lam
+from updp.core.errors import UnsupportedError
 
 SHORTCUT_IDENTITY = "identity"
 SHORTCUT_PROJECTION = "projection"
@@ -53,7 +53,7 @@ class PrunedBlock(nn.Module):
         return [m for m in self.modules() if isinstance(m, LambdaModule)]
 
     def set_lam(self, lam: float) -> None:
-        lam = _check_lam(lam)
+        lam = check_lam(lam)
         self.lam = lam
         for m in self._lambda_modules():
             m.set_lam(lam)

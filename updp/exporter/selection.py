@@ -1,4 +1,4 @@
-"""The default block-selection rule for `--prune N` (export now; `updp prune` later).
+"""The default block-selection rule for `--prune N` (of `updp export` and `updp prune`).
 
 Rule: prune the N prunable blocks whose merge saves the most estimated time.
 
@@ -8,8 +8,8 @@ graphs are real: the baseline export, and one export with every prunable block a
 the same merge passes as the final file. So the estimate reflects what the planner actually does
 (e.g. a ResNet basic block whose 3×3 convs cannot merge exactly saves ~nothing and is ranked last).
 Ties (equal estimated saving to 0.1 %) go to the later block: later blocks see smaller feature maps
-and their removal has the least effect on what earlier layers learned. The search of a later
-issue replaces this rule with measured accuracy and latency.
+and their removal has the least effect on what earlier layers learned. With data and a trained
+baseline, `updp search` replaces this rule with measured accuracy and latency.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import logging
 
 import torch
 
-from updp.errors import InputError
+from updp.blocks.convert import apply_pruning
+from updp.core.errors import InputError
+from updp.exporter.scopes import NodeTime, aggregate_by_block, scope_fragment
+from updp.exporter.torch_export import simplify, torch_to_onnx
+from updp.onnx_passes import optimize_model
+from updp.onnx_passes.cost import estimate_node_costs
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +32,7 @@ RULE_NAME = "largest estimated saving (cost model, ties to later blocks)"
 
 
 def estimate_block_savings(module: torch.nn.Module, blocks, input_shape) -> dict[int, float]:
-    """Estimated ns saved per prunable block by pruning + merging it (see module docstring)."""
-    from updp.exporter import simplify, torch_to_onnx
-    from updp.latency import NodeTime, aggregate_by_block, scope_fragment
-    from updp.onnx_passes import optimize_model
-    from updp.onnx_passes.cost import estimate_node_costs
-    from updp.pruning import apply_pruning
-
+    """Estimated ns saved per prunable block by pruning + merging it (see the module docstring)."""
     prunable = [b for b in blocks if b.prunable]
     base_graph = simplify(torch_to_onnx(module, input_shape), optimize=False)
     pruned_module = copy.deepcopy(module).eval()

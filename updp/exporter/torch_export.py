@@ -26,12 +26,12 @@ from pathlib import Path
 import onnx
 import torch
 
-from updp import __version__
-from updp.errors import InputError, UnsupportedError
+from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
+from updp.core.errors import InputError, UnsupportedError
+from updp.core.version import __version__
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
@@ -72,8 +72,8 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         dynamic_batch: mark axis 0 of the input and the output as symbolic `batch`.
         opset: ONNX opset (>= 17, for LayerNormalization).
     """
-    if opset < 17:
-        raise InputError(f"opset {opset} is too old: updp needs >= 17 (LayerNormalization)")
+    if opset < MIN_EXPORT_OPSET:
+        raise InputError(f"opset {opset} is too old: updp needs >= {MIN_EXPORT_OPSET} (LayerNormalization)")
     model = model.eval().float().cpu()
     x = torch.randn(*input_shape)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
@@ -145,7 +145,7 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 def save_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Path:
     """Save atomically. Models over 2 GB go to external data next to the file."""
-    from updp._io import atomic_path
+    from updp.core.io import atomic_path
 
     dest = Path(dest)
     with atomic_path(dest) as tmp:

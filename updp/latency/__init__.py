@@ -1,22 +1,11 @@
-"""Latency measurement: one A/B runner that records its setup, and per-block ORT profiling."""
+"""Latency: one A/B runner that records its setup, per-node ORT profiling, and the per-block
+latency table that the subnet search uses.
 
-from updp.latency.profile import (
-    OTHER,
-    BlockProfile,
-    BlockTime,
-    NodeTime,
-    aggregate_by_block,
-    block_scopes,
-    median_block_us,
-    parse_trace,
-    profile_blocks_alternating,
-    profile_nodes,
-    scope_fragment,
-)
+    report = benchmark([("base", "base.onnx"), ("pruned", "pruned.onnx")], LatencySetup(threads=2))
+"""
+
+from updp.latency.profile import median_block_us, parse_trace, profile_blocks_alternating, profile_nodes
 from updp.latency.runner import BenchReport, LatencySetup, ModelTiming, benchmark
 
-__all__ = [
-    "OTHER", "BenchReport", "BlockProfile", "BlockTime", "LatencySetup", "ModelTiming", "NodeTime",
-    "aggregate_by_block", "benchmark", "block_scopes", "median_block_us", "parse_trace",
-    "profile_blocks_alternating", "profile_nodes", "scope_fragment",
-]
+__all__ = ["BenchReport", "LatencySetup", "ModelTiming", "benchmark", "median_block_us", "parse_trace",
+           "profile_blocks_alternating", "profile_nodes"]

@@ -2,7 +2,7 @@
 
 The search needs the latency of thousands of subnets; exporting and timing each is far too slow.
 The table measures two real graphs once, both built by the deployment pipeline
-(`updp.api.export_module`: export → `optimize_model` merge → polish), so it reflects what the
+(`updp.exporter.export.export_module`: export → `optimize_model` merge → polish), so it reflects what the
 planner actually produces for each block:
 
 * the baseline (no block pruned), and
@@ -44,7 +44,14 @@ from typing import Any
 
 import torch
 
-from updp.errors import InputError
+from updp.blocks.discover import find_blocks, prunable_candidates
+from updp.core.constants import DEFAULT_OPSET, DEFAULT_THREADS
+from updp.core.errors import InputError
+from updp.core.io import write_text_atomic
+from updp.exporter.export import export_module
+from updp.exporter.scopes import OTHER, scope_fragment
+from updp.latency.profile import median_block_us, profile_blocks_alternating
+from updp.latency.runner import LatencySetup, benchmark
 
 logger = logging.getLogger(__name__)
 
@@ -203,8 +210,6 @@ class LatencyLUT:
             raise InputError(f"latency table: malformed ({e})") from None
 
     def save(self, path: str | os.PathLike) -> None:
-        from updp._io import write_text_atomic
-
         write_text_atomic(path, self.to_json() + "\n")
 
     @classmethod
@@ -245,8 +250,6 @@ class LatencyLUT:
             verify: check the merged export against the unmerged one.
             workdir: where to write the two ONNX files (default: a temporary directory).
         """
-        from updp.latency import LatencySetup, benchmark
-
         pruned = sorted(self._check(pruned))
         setup = setup or LatencySetup.from_dict(self.setup)
         if repeats is not None:
@@ -292,11 +295,9 @@ class LutCheck:
 
 def _export(module: torch.nn.Module, input_shape: tuple[int, ...], pruned: Sequence[int], out: Path, *,
             verify: bool, label: str) -> None:
-    from updp.api import ExportOptions, export_module
-
-    export_module(copy.deepcopy(module).eval(), input_shape, list(pruned), out=out,
-                  opts=ExportOptions(model=label, verify=verify), random_weights=True,
-                  selection_rule="latency table", model_label=label)
+    export_module(copy.deepcopy(module).eval(), input_shape, list(pruned), out=out, optimize=True, verify=verify,
+                  polish=True, opset=DEFAULT_OPSET, dynamic_batch=False, weights="random (seed 0)",
+                  randomize_norms=0, selection_rule="latency table", model_label=label)
 
 
 def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates: Sequence[int] | None = None,
@@ -308,7 +309,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         module: the unpruned model (not modified). Its weights do not matter.
         input_shape: (B, C, H, W).
         candidates: block indices to measure; default every prunable block.
-        setup: `LatencySetup`; default ORT CPU, 2 threads, ORT_ENABLE_ALL, 10 warm-up, 50 repeats.
+        setup: `LatencySetup`; default ORT CPU, `DEFAULT_THREADS` threads, ORT_ENABLE_ALL.
         profile_runs: profiled runs per round and graph (the per-node mean of a round).
         profile_rounds: rounds per graph, alternating between the graphs; per-block median over rounds.
         model_label: recorded in the table.
@@ -317,15 +318,11 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
     Raises:
         InputError: no prunable block, or a candidate that is not a prunable block.
     """
-    from updp.latency import LatencySetup, benchmark, median_block_us, profile_blocks_alternating, scope_fragment
-    from updp.latency.profile import OTHER
-    from updp.pruning.discover import find_blocks, prunable_candidates
-
     t0 = time.perf_counter()
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 4:
         raise InputError(f"latency table: input shape must be (B, C, H, W), got {shape}")
-    setup = setup or LatencySetup(threads=2, opt_level="all")
+    setup = setup or LatencySetup(threads=DEFAULT_THREADS, opt_level="all")
     blocks = find_blocks(module)
     cand = prunable_candidates(blocks, candidates, what="latency table: block(s)")
     scopes = {str(i): scope_fragment(blocks[i].name) for i in cand}

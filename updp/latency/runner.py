@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import onnx
 
-from updp._io import write_text_atomic
-from updp.errors import InputError
-from updp.ort import OPT_LEVELS, default_providers, input_specs, make_session, random_inputs
+from updp.core.constants import DEFAULT_REPEATS, DEFAULT_WARMUP, OPT_LEVELS, ORT_DEVICES
+from updp.core.errors import InputError
+from updp.core.io import write_text_atomic
+from updp.ort import default_providers, input_specs, make_session, random_inputs
 
 logger = logging.getLogger(__name__)
 
-DEVICES = ("cpu", "cuda")
 
 
 def _cpu_model() -> str:
@@ -93,8 +93,8 @@ class LatencySetup:
     providers: list[str] = field(default_factory=list)
     threads: int | None = None
     opt_level: str = "all"
-    warmup: int = 10
-    repeats: int = 50
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_REPEATS
     batch: int = 1
     spinning: bool = False
     onnxruntime_version: str = field(default_factory=_ort_version)
@@ -106,8 +106,8 @@ class LatencySetup:
     cpu_count: int | None = field(default_factory=os.cpu_count)
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise InputError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if self.device not in ORT_DEVICES:
+            raise InputError(f"unknown device {self.device!r}; choose from {', '.join(ORT_DEVICES)}")
         if self.opt_level not in OPT_LEVELS:
             raise InputError(f"unknown optimization level {self.opt_level!r}; "
                              f"choose from {', '.join(OPT_LEVELS)}")

@@ -1,15 +1,18 @@
-"""Create zoo models by name, load checkpoints into them, check input sizes.
+"""Create zoo models by name, describe how they were built, check input sizes.
 
 Model specs are `timm:NAME`, `torchvision:NAME`, or a bare `NAME` (meaning timm). Models are
 always built with random weights (`pretrained=False` / `weights=None`): updp never downloads, and
-trained weights come from a checkpoint file (`load_checkpoint`).
+trained weights come from a checkpoint file (`updp.models.checkpoint`).
+
+A checkpoint records how its model was built as a *spec record* (`spec_record`): the model name,
+constructor kwargs, class count and the (C, H, W) it was trained at, enough to rebuild it with
+`create_from_record` and no other argument.
 """
 
 from __future__ import annotations
 
 import difflib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -185,90 +188,6 @@ def _default_input_size(source: str, name: str, model: nn.Module,
     return (3, s, s)
 
 
-def _unwrap_state_dict(obj: Any, path: str) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj:
-        raise InputError(f"{path}: not a state dict (expected a dict of tensors, or a dict with key "
-                         "'model' or 'state_dict')")
-    if any(not isinstance(k, str) for k in obj):
-        raise InputError(f"{path}: not a state dict (non-string keys)")
-    if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
-        obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
-
-
-def _num_classes(model: nn.Module) -> int | None:
-    n = getattr(model, "num_classes", None)
-    if isinstance(n, int):
-        return n
-    last = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    return last[-1].out_features if last else None
-
-
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load a checkpoint into `model` strictly (same keys, same shapes), in place.
-
-    Reads with `torch.load(path, map_location='cpu', weights_only=True)` (no code is executed).
-    Accepts a raw state dict, or a dict holding it under 'model' / 'state_dict'.
-
-    Raises:
-        InputError: one line for a missing or unreadable file, a file that is not a state dict,
-            or a state dict of another architecture (names the missing/unexpected keys, the
-            shape mismatches, or a different class count).
-    """
-    path = os.fspath(path)
-    return load_state(model, read_checkpoint(path), path)
-
-
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """`torch.load(path, map_location='cpu', weights_only=True)` with one-line errors."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputError(f"checkpoint not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"checkpoint is a directory: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a bad file
-        raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
-
-
-def load_state(model: nn.Module, obj: Any, path: str = "<checkpoint>") -> nn.Module:
-    """Load an already-read checkpoint object into `model` strictly (see `load_checkpoint`)."""
-    sd = _unwrap_state_dict(obj, path)
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    mismatched = [k for k in own if k in sd and isinstance(sd[k], torch.Tensor)
-                  and isinstance(own[k], torch.Tensor) and sd[k].shape != own[k].shape]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s) (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s) (e.g. {', '.join(unexpected[:3])})")
-        raise InputError(f"checkpoint {path} does not match the model architecture: {'; '.join(parts)}")
-    if mismatched:
-        n = _num_classes(model)
-        for k in mismatched:
-            a, b = sd[k].shape, own[k].shape
-            if (n is not None and len(a) == len(b) and len(b) >= 1 and b[0] == n and a[0] != n
-                    and a[1:] == b[1:]):
-                raise InputError(f"checkpoint {path} has {a[0]} classes, the model has {n} "
-                                 f"(key {k}): build the model with num_classes={a[0]}")
-        k = mismatched[0]
-        raise InputError(f"checkpoint {path} does not match the model architecture: {len(mismatched)} shape "
-                         f"mismatch(es), e.g. {k}: checkpoint {tuple(sd[k].shape)} "
-                         f"vs model {tuple(own[k].shape)}")
-    model.load_state_dict(sd, strict=True)
-    logger.info("loaded %d tensors from %s", len(sd), path)
-    return model
-
-
 def check_input_size(model: nn.Module, spec: ModelSpec | None, size: int | Sequence[int]) -> tuple[int, ...]:
     """Check that `model` takes inputs of `size` with one trial forward (batch 1, eval, no_grad).
 
@@ -300,3 +219,63 @@ def check_input_size(model: nn.Module, spec: ModelSpec | None, size: int | Seque
     if isinstance(out, (tuple, list)):
         out = out[0]
     return tuple(out.shape)
+
+
+def same_model(a: str, b: str) -> bool:
+    """'convnext_atto' and 'timm:convnext_atto' name the same model."""
+    return parse_spec(a) == parse_spec(b)
+
+
+def spec_record(spec: ModelSpec, input_chw: Sequence[int]) -> dict[str, Any]:
+    """The `model_spec` entry of a checkpoint: enough to rebuild the model without arguments.
+
+    Args:
+        spec: the `ModelSpec` the model was built with.
+        input_chw: the (C, H, W) the model is trained at (not necessarily the model's default).
+    """
+    kwargs = {k: v for k, v in spec.kwargs.items() if k != "num_classes"}  # recorded on its own
+    return {"model": spec.spec, "source": spec.source, "name": spec.name, "kwargs": kwargs,
+            "num_classes": spec.num_classes, "input_size": [int(v) for v in input_chw]}
+
+
+def normalize_record(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """A spec record in its canonical form; the `ModelSpec.to_dict` form (`source`/`name`) is accepted.
+
+    Raises:
+        InputError: the record names no model or has no (C, H, W) input size.
+    """
+    name = record.get("model") or (f"{record['source']}:{record['name']}" if "source" in record else None)
+    if not name:
+        raise InputError(f"{where}: model_spec names no model")
+    size = record.get("input_size")
+    if not size or len(size) != 3:
+        raise InputError(f"{where}: model_spec has no input_size [C, H, W]")
+    source, bare = parse_spec(name)
+    kwargs = {k: v for k, v in dict(record.get("kwargs") or {}).items() if k != "num_classes"}
+    return {"model": f"{source}:{bare}", "source": source, "name": bare, "kwargs": kwargs,
+            "num_classes": record.get("num_classes"), "input_size": [int(v) for v in size]}
+
+
+def create_from_record(record: dict[str, Any]) -> nn.Module:
+    """Build (random weights, eval mode) the model a spec record describes."""
+    module, _ = create_model(record["model"], num_classes=record.get("num_classes"), **dict(record.get("kwargs") or {}))
+    return module
+
+
+def create_for_data(model: str, *, num_classes: int, input_chw: Sequence[int],
+                    model_kwargs: dict[str, Any] | None = None, seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Create `model` for a dataset's class count and input size, with seeded initial weights.
+
+    The initial weights are drawn from `seed` (without touching the caller's RNG state), so two
+    runs with the same seed start from the same weights: timm/torchvision initialize from the
+    global torch RNG, which is otherwise seeded differently in every process.
+
+    Returns:
+        (module in eval mode, its spec record at `input_chw`).
+    """
+    chw = normalize_input_size(input_chw)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module, spec = create_model(model, num_classes=num_classes, input_size=chw, **dict(model_kwargs or {}))
+    check_input_size(module, spec, chw)
+    return module, spec_record(spec, chw)

@@ -29,26 +29,78 @@ A run file has one table per stage; every key is optional and defaults to the va
     [bench]
     threads = 2
 
+Each stage's section is derived from the config of the workflow the stage calls
+(`updp.workflows.config`): every setting of `updp train` is a key of `[baseline]`, every setting of
+`updp search` a key of `[search]`, and so on, with the same defaults, less what the run itself
+decides (file paths, the data, the device). `stage_configs` builds the workflow configs from the
+run config; the run config is checked by building them when it is loaded.
+
 Why optional fields default to None: TOML has no null, so `to_toml` leaves None values out, and
 they must come back as None. A test checks that every field that may hold None defaults to None.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from updp.errors import InputError
+from updp.core.constants import AMP_MODES, OPT_LEVELS
+from updp.core.errors import InputError
+from updp.workflows.config import (
+    BenchConfig,
+    ExportConfig,
+    PruneConfig,
+    SearchConfig,
+    TrainConfig,
+    field_default,
+    option,
+)
 
 CONFIG_VERSION = 1
-OPT_LEVELS = ("disable", "basic", "extended", "all")
+# The stages of a run, in order (`updp.pipeline.stages` implements them; the CLI offers the names
+# without importing it).
+STAGE_NAMES = ("baseline", "search", "prune", "export", "eval", "bench", "report")
+DEFAULT_MODEL = "timm:convnext_atto"
+DEFAULT_DATA = "mnist5k"
+
+# Settings of the workflows that the run decides itself, so they are no section's keys: file
+# paths (each stage writes into its own folder), the data (section [data]), the model (section
+# [model]), the torch device, mixed precision and the step cap (top-level keys, for every training
+# stage), progress output, resuming (the runner's), and the latency threads (section [bench]).
+RUN_DECIDES = ("model", "data", "out", "checkpoint", "input_size", "model_kwargs", "split_seed", "device",
+               "amp", "max_steps_per_epoch", "resume", "log_jsonl", "progress", "threads")
+
+
+def derive_section(name: str, source: type, *, doc: str, keep: tuple[str, ...] | None = None,
+                   exclude: tuple[str, ...] = RUN_DECIDES, extra: tuple = (),
+                   post_init: Callable[[Any], None] | None = None) -> type:
+    """A run-config section whose fields are those of workflow config `source` (with their types,
+    defaults and help), less `exclude` (or only `keep`), plus `extra` (name, type, field)."""
+    specs = []
+    for f in fields(source):
+        if (keep is not None and f.name not in keep) or (keep is None and f.name in exclude):
+            continue
+        kw: dict[str, Any] = {"metadata": f.metadata}
+        if f.default is not MISSING:
+            kw["default"] = f.default
+        elif f.default_factory is not MISSING:
+            kw["default_factory"] = f.default_factory
+        else:
+            raise TypeError(f"{source.__name__}.{f.name} has no default: a run section needs one")
+        specs.append((f.name, f.type, field(**kw)))
+    namespace: dict[str, Any] = {"__doc__": doc, "__module__": __name__, "source": source}
+    if post_init is not None:
+        namespace["__post_init__"] = post_init
+    return dataclasses.make_dataclass(name, [*specs, *extra], namespace=namespace)
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     """The architecture.
 
     Attributes:
@@ -57,8 +109,8 @@ class ModelConfig:
         kwargs: constructor arguments (e.g. `{"patch_size": 4}`).
     """
 
-    name: str = "timm:convnext_atto"
-    input_size: tuple[int, int] = (32, 32)
+    name: str = DEFAULT_MODEL
+    input_size: tuple[int, int] = field_default(TrainConfig, "input_size")
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -72,127 +124,59 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataSection:
     """The dataset (`updp.data.get_datasets`): `spec` and the seed of its fixed splits."""
 
-    spec: str = "mnist5k"
-    split_seed: int = 0
+    spec: str = DEFAULT_DATA
+    split_seed: int = field_default(TrainConfig, "split_seed")
 
 
-@dataclass
-class BaselineConfig:
-    """Stage `baseline`: train a baseline, or take (and optionally fine-tune) `checkpoint`.
-
-    Attributes:
-        checkpoint: your own weights (a updp checkpoint or a plain state dict); None trains from scratch.
-        epochs: training epochs (fine-tuning epochs with a checkpoint; 0 takes it as is).
-    """
-
-    checkpoint: str | None = None
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    seed: int = 0
+def _search_post_init(self) -> None:
+    if self.blocks is not None:
+        self.blocks = sorted({int(b) for b in self.blocks})
+        if not self.blocks:
+            raise InputError("search.blocks is empty: give block indices, or leave it out to search")
+    if self.target_blocks is not None and self.target_speedup is not None:
+        raise InputError("search: give target_blocks or target_speedup, not both")
 
 
-@dataclass
-class SearchConfig:
-    """Stage `search`: supernet training + subnet search (`updp.pruning.search.run_search`).
-
-    Attributes:
-        blocks: prune exactly these blocks and skip the search (the plan says "manual").
-        target_blocks: prune K blocks; None (with no `target_speedup`) means a third of the
-            prunable blocks.
-        target_speedup: or: a predicted ORT speedup of at least S.
-        epochs: supernet epochs (0: score the baseline's own weights).
-        Others: as `updp search`.
-    """
-
-    blocks: list[int] | None = None
-    target_blocks: int | None = None
-    target_speedup: float | None = None
-    epochs: int = 2
-    method: str = "auto"
-    max_evals: int = 60
-    population: int = 16
-    parents: int = 6
-    random_picks: int = 3
-    calib_batches: int = 8
-    batch_size: int = 128
-    lr: float = 1e-3
-    bench_repeats: int = 30
-    profile_rounds: int = 15
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.blocks is not None:
-            self.blocks = sorted({int(b) for b in self.blocks})
-            if not self.blocks:
-                raise InputError("search.blocks is empty: give block indices, or leave it out to search")
-        if self.target_blocks is not None and self.target_speedup is not None:
-            raise InputError("search: give target_blocks or target_speedup, not both")
+def _bench_post_init(self) -> None:
+    self.opt_levels = [str(v) for v in self.opt_levels]
+    for level in [*self.opt_levels, self.profile_opt_level]:
+        if level not in OPT_LEVELS:
+            raise InputError(f"bench: unknown optimization level {level!r}; choose from {', '.join(OPT_LEVELS)}")
+    if "all" not in self.opt_levels:
+        self.opt_levels.append("all")  # the speedup that counts: ORT fuses Conv+BN by itself
 
 
-@dataclass
-class PruneStageConfig:
-    """Stage `prune`: progressive training (`updp.pruning.progressive.prune_checkpoint`)."""
+BaselineSection = derive_section(
+    "BaselineSection", TrainConfig, exclude=tuple(n for n in RUN_DECIDES if n != "checkpoint"),
+    doc="Stage `baseline`: the settings of `updp train`. `checkpoint`: your own weights (a updp checkpoint or "
+        "a plain state dict); `epochs` are then fine-tuning epochs, 0 takes it as is.")
+SearchSection = derive_section(
+    "SearchSection", SearchConfig, exclude=(*RUN_DECIDES, "supernet", "reuse_supernet", "lut"),
+    extra=(("blocks", list[int] | None, option(None, help="prune exactly these blocks and skip the search")),),
+    post_init=_search_post_init,
+    doc="Stage `search`: the settings of `updp search`; or `blocks` to prune exactly those blocks and skip the "
+        "search (the plan says 'manual'). No target: a third of the prunable blocks.")
+PruneSection = derive_section(
+    "PruneSection", PruneConfig, exclude=(*RUN_DECIDES, "plan", "blocks", "prune", "no_supernet"),
+    doc="Stage `prune`: the settings of `updp prune` (the blocks come from the search stage's plan).")
+ExportSection = derive_section(
+    "ExportSection", ExportConfig, keep=("opset", "seed"),
+    doc="Stage `export`: both checkpoints to ONNX, merged and verified (the settings of `updp export` that a "
+        "run may change; merging and verifying are not optional here).")
+BenchSection = derive_section(
+    "BenchSection", BenchConfig, exclude=("models", "save", "names"),
+    extra=(("profile_runs", int, option(50, help="profiled runs per model for the per-block times")),
+           ("profile_opt_level", str, option("all", help="optimization level of the per-block profiles"))),
+    post_init=_bench_post_init,
+    doc="Stage `bench`: the settings of `updp bench` (interleaved latency under ORT_DISABLE_ALL and "
+        "ORT_ENABLE_ALL), plus the per-block profiles; `threads` also measure the search's latency table.")
 
-    epochs: int = 6
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.0
-    schedule: str = "linear"
-    ramp_fraction: float = 0.5
-    kd: bool = True
-    kd_alpha: float = 0.5
-    kd_temperature: float = 1.0
-    calib_batches: int = 20
-    seed: int = 0
-
-
-@dataclass
-class ExportConfig:
-    """Stage `export`: both checkpoints to ONNX, merged and verified (`updp.api.export_model`)."""
-
-    opset: int = 18
-    seed: int = 0
-
-
-@dataclass
-class BenchConfig:
-    """Stage `bench`: interleaved A/B latency and per-block profiles (`updp.latency`).
-
-    Attributes:
-        threads: ORT intra-op threads.
-        opt_levels: graph optimization levels compared side by side.
-        warmup, repeats: per session.
-        profile_runs: profiled runs per model for the per-block times.
-        profile_opt_level: optimization level of the per-block profiles.
-    """
-
-    threads: int = 2
-    opt_levels: list[str] = field(default_factory=lambda: ["disable", "all"])
-    warmup: int = 20
-    repeats: int = 200
-    batch: int = 1
-    profile_runs: int = 50
-    profile_opt_level: str = "all"
-
-    def __post_init__(self) -> None:
-        self.opt_levels = [str(v) for v in self.opt_levels]
-        for level in [*self.opt_levels, self.profile_opt_level]:
-            if level not in OPT_LEVELS:
-                raise InputError(f"bench: unknown optimization level {level!r}; choose from {', '.join(OPT_LEVELS)}")
-        if "all" not in self.opt_levels:
-            self.opt_levels.append("all")  # the speedup that counts (STYLE §11)
-
-
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "baseline": BaselineConfig, "search": SearchConfig,
-             "prune": PruneStageConfig, "export": ExportConfig, "bench": BenchConfig}
+_SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "baseline": BaselineSection,
+                              "search": SearchSection, "prune": PruneSection, "export": ExportSection,
+                              "bench": BenchSection}
 
 
 @dataclass
@@ -204,28 +188,29 @@ class RunConfig:
         device: torch device for training ('auto', 'cpu', 'cuda').
         max_steps_per_epoch: cap on training steps per epoch, every training stage (smoke runs, tests).
         amp: 'off' or 'bf16': bfloat16 autocast of every training stage's forwards (see
-            `updp.pruning.train.TrainConfig.amp`).
+            `updp.training.trainer.TrainerConfig.amp`).
         model, data, baseline, search, prune, export, bench: one section per stage.
     """
 
     version: int = CONFIG_VERSION
-    device: str = "auto"
-    max_steps_per_epoch: int | None = None
-    amp: str = "off"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    baseline: BaselineConfig = field(default_factory=BaselineConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    prune: PruneStageConfig = field(default_factory=PruneStageConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    bench: BenchConfig = field(default_factory=BenchConfig)
+    device: str = field_default(TrainConfig, "device")
+    max_steps_per_epoch: int | None = field_default(TrainConfig, "max_steps_per_epoch")
+    amp: str = field_default(TrainConfig, "amp")
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    baseline: BaselineSection = field(default_factory=BaselineSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    prune: PruneSection = field(default_factory=PruneSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    bench: BenchSection = field(default_factory=BenchSection)
 
     def __post_init__(self) -> None:
         if self.version != CONFIG_VERSION:
             raise InputError(f"run config version {self.version} is not supported (this updp reads version "
                              f"{CONFIG_VERSION})")
-        if self.amp not in ("off", "bf16"):
+        if self.amp not in AMP_MODES:
             raise InputError(f"run config: amp must be 'off' or 'bf16', got {self.amp!r}")
+        stage_configs(self, Path("<run>"))  # every stage's workflow config must build (one-line errors)
 
     # ------------------------------------------------------------ dict / JSON
 
@@ -356,14 +341,15 @@ def _toml_value(v: Any) -> str:
 def demo_config(quick: bool = False) -> RunConfig:
     """The embedded default of `updp demo`: mnist5k, timm convnext_atto at 32×32, small budgets.
 
-    10 baseline epochs, a search for 4 of the 12 blocks (2 supernet epochs, 60 scored subnets),
-    6 progressive epochs with distillation; about 5 minutes on 2 CPU cores. `quick` halves the
+    10 baseline epochs, a search for 4 of the 12 blocks (2 supernet epochs, 60 scored subnets, a
+    latency table of 30 rounds), 6 progressive epochs with distillation, then 200 interleaved
+    latency rounds after 20 warm-up runs; about 3 minutes on 2 CPU cores. `quick` halves the
     training budgets and the latency repeats (a mechanics check, not a result).
     """
-    cfg = RunConfig(model=ModelConfig(name="timm:convnext_atto", input_size=(32, 32)),
-                    data=DataConfig(spec="mnist5k"), baseline=BaselineConfig(epochs=10),
-                    search=SearchConfig(target_blocks=4, epochs=2, max_evals=60),
-                    prune=PruneStageConfig(epochs=6), bench=BenchConfig(repeats=200, profile_runs=50))
+    cfg = RunConfig(model=ModelSection(name=DEFAULT_MODEL, input_size=(32, 32)),
+                    data=DataSection(spec=DEFAULT_DATA), baseline=BaselineSection(epochs=10),
+                    search=SearchSection(target_blocks=4, epochs=2, max_evals=60, bench_repeats=30),
+                    prune=PruneSection(epochs=6), bench=BenchSection(warmup=20, repeats=200, profile_runs=50))
     if quick:
         cfg = cfg.replace(baseline={"epochs": 5}, search={"epochs": 1, "max_evals": 30},
                           prune={"epochs": 3}, bench={"repeats": 60, "profile_runs": 20})
@@ -376,5 +362,80 @@ def stage_subset(cfg: RunConfig, *names: str) -> dict[str, Any]:
     return {n: d[n] for n in names}
 
 
-__all__ = ["BaselineConfig", "BenchConfig", "CONFIG_VERSION", "DataConfig", "ExportConfig", "ModelConfig",
-           "PruneStageConfig", "RunConfig", "SearchConfig", "demo_config", "stage_subset"]
+# ------------------------------------------------------------------ run config -> workflow configs
+
+STAGE_FILES = {"baseline": "baseline/base.pt", "plan": "search/plan.json", "pruned": "prune/pruned.pt",
+               "baseline.onnx": "export/baseline.onnx", "pruned.onnx": "export/pruned.onnx"}
+
+
+def _training(cfg: RunConfig, out: Path, *, resume: bool, progress: bool) -> dict[str, Any]:
+    """The run-level settings of every training stage."""
+    return {"device": cfg.device, "amp": cfg.amp, "max_steps_per_epoch": cfg.max_steps_per_epoch,
+            "resume": resume, "progress": progress, "out": str(out)}
+
+
+def baseline_config(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> TrainConfig:
+    """Stage `baseline` as an `updp train` config."""
+    out = run_dir / STAGE_FILES["baseline"]
+    section = asdict(cfg.baseline)
+    if section["checkpoint"]:
+        section["checkpoint"] = str(Path(section["checkpoint"]).expanduser())
+    return TrainConfig(model=cfg.model.name, input_size=cfg.model.input_size, model_kwargs=dict(cfg.model.kwargs),
+                       data=cfg.data.spec, split_seed=cfg.data.split_seed, log_jsonl=str(out.with_suffix(".log.jsonl")),
+                       **section, **_training(cfg, out, resume=resume, progress=progress))
+
+
+def search_config(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> SearchConfig:
+    """Stage `search` as an `updp search` config (when `search.blocks` is not given)."""
+    plan = run_dir / STAGE_FILES["plan"]
+    lut = plan.with_suffix(".lut.json")
+    section = {k: v for k, v in asdict(cfg.search).items() if k != "blocks"}
+    return SearchConfig(checkpoint=str(run_dir / STAGE_FILES["baseline"]), data=cfg.data.spec,
+                        split_seed=cfg.data.split_seed, threads=cfg.bench.threads,
+                        lut=str(lut) if (resume and lut.is_file()) else None, **section,
+                        **_training(cfg, plan, resume=resume, progress=progress))
+
+
+def prune_config(cfg: RunConfig, run_dir: Path, *, resume: bool = False, progress: bool = True) -> PruneConfig:
+    """Stage `prune` as an `updp prune` config (the blocks from the search stage's plan)."""
+    out = run_dir / STAGE_FILES["pruned"]
+    return PruneConfig(checkpoint=str(run_dir / STAGE_FILES["baseline"]), data=cfg.data.spec,
+                       split_seed=cfg.data.split_seed, plan=str(run_dir / STAGE_FILES["plan"]),
+                       log_jsonl=str(out.with_suffix(".log.jsonl")), **asdict(cfg.prune),
+                       **_training(cfg, out, resume=resume, progress=progress))
+
+
+def export_configs(cfg: RunConfig, run_dir: Path) -> dict[str, ExportConfig]:
+    """Stage `export` as two `updp export` configs: the baseline and the pruned checkpoint."""
+    ckpt = {"baseline": STAGE_FILES["baseline"], "pruned": STAGE_FILES["pruned"]}
+    return {key: ExportConfig(model=cfg.model.name, checkpoint=str(run_dir / ckpt[key]),
+                              out=str(run_dir / STAGE_FILES[f"{key}.onnx"]), **asdict(cfg.export))
+            for key in ("baseline", "pruned")}
+
+
+def bench_config(cfg: RunConfig, run_dir: Path) -> BenchConfig:
+    """Stage `bench` as an `updp bench` config (the per-block profiles are the stage's own)."""
+    section = {k: v for k, v in asdict(cfg.bench).items() if k not in ("profile_runs", "profile_opt_level")}
+    return BenchConfig(models=[str(run_dir / STAGE_FILES["baseline.onnx"]), str(run_dir / STAGE_FILES["pruned.onnx"])],
+                       names=["baseline", "pruned"], **section)
+
+
+def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
+    """Every stage's workflow config(s); raises `InputError` naming the section that does not build."""
+    builders = {"baseline": baseline_config, "search": search_config, "prune": prune_config,
+                "export": lambda c, d: export_configs(c, d), "bench": lambda c, d: bench_config(c, d)}
+    out = {}
+    for name, build in builders.items():
+        if name == "search" and cfg.search.blocks is not None:
+            continue
+        try:
+            out[name] = build(cfg, run_dir)
+        except InputError as exc:
+            raise InputError(f"run config [{name}]: {exc}") from None
+    return out
+
+
+__all__ = ["BaselineSection", "BenchSection", "CONFIG_VERSION", "DataSection", "ExportSection", "ModelSection",
+           "PruneSection", "RunConfig", "STAGE_FILES", "STAGE_NAMES", "SearchSection", "baseline_config",
+           "bench_config", "demo_config", "derive_section", "export_configs", "prune_config", "search_config",
+           "stage_configs", "stage_subset"]

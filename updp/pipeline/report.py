@@ -20,13 +20,14 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from updp._io import atomic_path, write_text_atomic
+import numpy as np
+
+from updp.core.constants import OPT_LEVELS
+from updp.core.io import atomic_path, write_text_atomic
 from updp.pipeline.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
-OPT_NAMES = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
-             "all": "ORT_ENABLE_ALL"}
 BLUE, ORANGE, GREY, RED = "#1f77b4", "#e6550d", "#9e9e9e", "#d62728"
 
 
@@ -99,7 +100,7 @@ def plot_tradeoff(results: dict, path: Path) -> Path | None:
             filled = level == "all"
             ax.scatter([t["median_ms"]], [acc], s=90, marker=markers.get(level, "o"), zorder=3,
                        facecolors=color if filled else "white", edgecolors=color, linewidths=2,
-                       label=f"{label}, {OPT_NAMES[level]}")
+                       label=f"{label}, {OPT_LEVELS[level]}")
     for level in levels:
         b, p = _timing(results, "baseline", level), _timing(results, "pruned", level)
         ax.annotate("", xy=(p["median_ms"], 100 * ev["pruned"]["acc"]),
@@ -184,8 +185,6 @@ def plot_blocks(results: dict, path: Path) -> Path | None:
     if not rows:
         return None
     plt = _plt()
-    import numpy as np
-
     n = len(rows)
     fig, ax = plt.subplots(figsize=(9.5, 0.42 * n + 1.6))
     y = np.arange(n)
@@ -202,7 +201,7 @@ def plot_blocks(results: dict, path: Path) -> Path | None:
             tick.set_fontweight("bold")
     ax.invert_yaxis()
     ax.set_xlabel("µs per run: share of profiled kernel time × median latency "
-                  f"({OPT_NAMES[results['bench']['profile_setup']['opt_level']]})")
+                  f"({OPT_LEVELS[results['bench']['profile_setup']['opt_level']]})")
     ax.set_title("Time per block (★ = pruned and merged)", pad=26)
     ax.grid(axis="x", alpha=0.3)
     # between the title and the axes: inside, it would cover the longest bars
@@ -217,9 +216,8 @@ def plot_blocks(results: dict, path: Path) -> Path | None:
 
 # ------------------------------------------------------------------ the document
 
-def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
-    """The report as blocks: ("h1"|"h2"|"p"|"note", text), ("cards", [(label, value, sub)]),
-    ("table", headers, rows), ("kv", [(key, value)]), ("img", path, alt), ("code", text), ("list", items)."""
+def _summary_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Title, what was measured, the headline cards."""
     hl = headline(results)
     doc: list[tuple] = []
     m = cfg.model
@@ -244,8 +242,12 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
     if hl.get("speedup_all") is not None and hl["speedup_all"] <= 1.0:
         doc.append(("warn", "The merged model is not faster than the baseline under ORT_ENABLE_ALL on this "
                             "machine: ORT's own fusions already capture what the merge saves here."))
+    return doc
 
-    # ---- accuracy vs latency
+
+def _tradeoff_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Accuracy vs latency: the figure."""
+    doc: list[tuple] = []
     if "tradeoff" in figures:
         doc.append(("h2", "Accuracy vs latency"))
         doc.append(("img", figures["tradeoff"], "accuracy vs latency"))
@@ -253,12 +255,16 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
                          "counts: ORT already fuses Conv+BN itself), hollow under ORT_DISABLE_ALL. Right: what the "
                          "search saw, on the holdout split with supernet weights and predicted latency; not "
                          "comparable with the left panel's numbers."))
+    return doc
 
-    # ---- latency
+
+def _latency_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The interleaved timings of the two files."""
+    doc: list[tuple] = []
     bench = results.get("bench")
     if bench:
         doc.append(("h2", "Latency"))
-        rows = [[r["model"], OPT_NAMES[r["opt_level"]], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+        rows = [[r["model"], OPT_LEVELS[r["opt_level"]], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                  f"{r['speedup']:.3f}×", f"{r['p90_speedup']:.3f}×", str(r["n"])]
                 for lvl in bench["bench"]["opt_levels"] for r in bench["bench"]["results"] if r["opt_level"] == lvl]
         doc.append(("table", ["model", "ORT optimization", "median ms", "p90 ms", "speedup", "p90 speedup", "runs"],
@@ -267,8 +273,12 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
         doc.append(("note", f"{', '.join(s['providers'])}, {s['threads']} intra-op threads, batch {s['batch']}, "
                             f"{s['warmup']} warm-up runs, then {s['repeats']} interleaved rounds (each round runs "
                             f"both models, the first one rotating); spinning {'on' if s['spinning'] else 'off'}."))
+    return doc
 
-    # ---- per block
+
+def _block_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Time per block, before and after."""
+    doc: list[tuple] = []
     rows = _block_rows(results)
     if rows:
         doc.append(("h2", "Time per block"))
@@ -281,15 +291,13 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
         doc.append(("table", ["block", "pruned", "share before", "share after", "≈ µs before", "≈ µs after",
                               "saved µs", "ORT nodes"], table))
         prof = results["bench"]["profiles"]
-        level = OPT_NAMES[results["bench"]["profile_setup"]["opt_level"]]
+        level = OPT_LEVELS[results["bench"]["profile_setup"]["opt_level"]]
         pb = sum(r["before_us"] for r in rows if r["pruned"])
         pa = sum(r["after_us"] for r in rows if r["pruned"])
         kept = [r["after_us"] / r["before_us"] for r in rows
                 if r["index"] is not None and not r["pruned"] and r["before_us"] > 0]
         text = f"The pruned blocks take ≈ {pb:.0f} µs before and ≈ {pa:.0f} µs after."
         if kept:
-            import numpy as np
-
             drift = 100 * (np.median(kept) - 1)
             text += (f" The unpruned blocks, the same operators in both files, read {drift:+.0f}% (median "
                      "after/before): a yardstick for how much per-block estimates of this size move.")
@@ -303,8 +311,12 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
                             "median per block. Nodes are attributed to blocks by the module scope in their names "
                             "(updp.block_scopes in the ONNX metadata); nodes ORT creates without a scope go to the "
                             "block run just before them. Shares and times include the block's residual Add."))
+    return doc
 
-    # ---- the plan
+
+def _plan_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Which blocks were pruned, and why."""
+    doc: list[tuple] = []
     search, prune = results.get("search"), results.get("prune")
     if search:
         doc.append(("h2", "The plan: which blocks, and why"))
@@ -340,9 +352,13 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
                 doc.append(("table", ["rank", "blocks", "holdout acc", "predicted speedup"],
                             [[str(k + 1), str(c["blocks"]), _pct(c["acc"]), _f(c.get("speedup")) + "×"]
                              for k, c in enumerate(top[:8])]))
+    return doc
 
-    # ---- training
-    base = results.get("baseline")
+
+def _training_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The baseline and the progressive training."""
+    doc: list[tuple] = []
+    base, prune = results.get("baseline"), results.get("prune")
     if base or prune:
         doc.append(("h2", "Training"))
         if base:
@@ -359,8 +375,12 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
                 doc.append(("table", ["epoch", "λ (mean)", "train loss", "train acc", "val acc", "s"],
                             [[str(h["epoch"]), _f(h.get("lam"), ".2f"), f"{h['train_loss']:.4f}",
                               _pct(h["train_acc"]), _pct(h["val_acc"]), f"{h['seconds']:.1f}"] for h in hist]))
+    return doc
 
-    # ---- merge
+
+def _merge_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Merge and verification of both files."""
+    doc: list[tuple] = []
     ex = results.get("export")
     if ex:
         doc.append(("h2", "Merge and verification"))
@@ -386,8 +406,13 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
             doc.append(("p", f"Merge decisions ({len(dec)}):"))
             doc.append(("list", dec[:12] + ([f"... {len(dec) - 12} more in export/result.json"] if len(dec) > 12
                                              else [])))
+    return doc
 
-    # ---- environment
+
+def _environment_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """Versions, providers, threads, machine."""
+    doc: list[tuple] = []
+    bench = results.get("bench")
     doc.append(("h2", "Environment"))
     env = []
     if bench and bench.get("versions"):
@@ -395,12 +420,16 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
     if bench:
         s = bench["bench"]["setup"]
         env += [("ORT providers", ", ".join(s["providers"])), ("ORT intra-op threads", str(s["threads"])),
-                ("ORT optimization levels", ", ".join(OPT_NAMES[v] for v in bench["bench"]["opt_levels"])),
+                ("ORT optimization levels", ", ".join(OPT_LEVELS[v] for v in bench["bench"]["opt_levels"])),
                 ("CPU", f"{s['cpu_model']} ({s['cpu_count']} logical CPUs)"), ("platform", s["platform"])]
     env.append(("torch device (training)", cfg.device))
     doc.append(("kv", [(k, str(v)) for k, v in env]))
+    return doc
 
-    # ---- reproduce
+
+def _reproduce_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The config to rerun, and the stage timings."""
+    doc: list[tuple] = []
     doc.append(("h2", "Reproduce"))
     doc.append(("p", "Save the configuration below as run.toml, then `updp run --config run.toml --out DIR`. "
                      "Rerunning skips finished stages whose inputs are unchanged; `updp run --resume DIR` "
@@ -408,6 +437,16 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
     doc.append(("code", cfg.to_toml()))
     doc.append(("p", "Stage timings: " + ", ".join(
         f"{k} {v.get('seconds_stage', 0):.1f} s" for k, v in results.items() if isinstance(v, dict)) + "."))
+    return doc
+
+
+def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The report as blocks: ("h1"|"h2"|"p"|"note", text), ("cards", [(label, value, sub)]),
+    ("table", headers, rows), ("kv", [(key, value)]), ("img", path, alt), ("code", text), ("list", items)."""
+    doc: list[tuple] = []
+    for section in (_summary_section, _tradeoff_section, _latency_section, _block_section, _plan_section,
+                    _training_section, _merge_section, _environment_section, _reproduce_section):
+        doc += section(run_dir, cfg, results, figures)
     return doc
 
 

@@ -31,15 +31,18 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from updp import __version__
-from updp._io import write_text_atomic
-from updp.errors import InputError
-from updp.pipeline.config import RunConfig
-from updp.pipeline.stages import STAGE_NAMES, STAGES, StageContext
+from torch.jit import TracerWarning
+
+from updp.core.errors import InputError
+from updp.core.io import write_text_atomic
+from updp.core.version import __version__
+from updp.pipeline.config import STAGE_NAMES, RunConfig
+from updp.pipeline.report import headline
+from updp.pipeline.stages import STAGES, StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +98,6 @@ class StageRecord:
     record_version: int = RECORD_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
     @classmethod
@@ -141,8 +142,6 @@ class RunOutcome:
         return [s.stage for s in self.stages if s.action != "skipped"]
 
     def headline(self) -> dict[str, Any]:
-        from updp.pipeline.report import headline
-
         return headline(self.results)
 
 
@@ -169,10 +168,7 @@ def quiet_third_party(verbose: bool) -> Iterator[None]:
     with warnings.catch_warnings():
         for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
-        with contextlib.suppress(ImportError):
-            from torch.jit import TracerWarning
-
-            warnings.filterwarnings("ignore", category=TracerWarning)
+        warnings.filterwarnings("ignore", category=TracerWarning)
         for module in ("torch", "timm", "onnx", "onnxruntime", "onnxsim", "matplotlib"):
             warnings.filterwarnings("ignore", category=UserWarning, module=module)
         yield
@@ -287,12 +283,6 @@ def _run_stage(ctx: StageContext, stage, k: int, n: int, force: bool) -> StageSt
     return StageStatus(stage.name, "resumed" if resume else "ran", seconds, outcome.summary)
 
 
-__all__ = ["RunOutcome", "StageRecord", "StageStatus", "hash_inputs", "resolve_config", "run_pipeline",
-           "sha256_file"]
-
-
-# ------------------------------------------------------------------ the demo
-
 def format_headline(outcome: RunOutcome) -> str:
     """The lines a user reads at the end of a run: where the report is, and the headline figures."""
     hl = outcome.headline()
@@ -312,26 +302,5 @@ def format_headline(outcome: RunOutcome) -> str:
     return "\n".join(lines)
 
 
-def demo_pipeline(out_dir: str | Path = "runs/demo", quick: bool = False, *, verbose: bool = False,
-                  quiet: bool = False) -> int:
-    """`updp run` on the embedded default (`updp.pipeline.config.demo_config`) and its headline.
-
-    mnist5k, timm convnext_atto at 32×32: train a baseline, search 4 of its 12 blocks, prune them
-    progressively with distillation, export + merge + verify both, evaluate and benchmark them, and
-    write the report. About 5 minutes on 2 CPU cores; rerunning skips what is done.
-    """
-    import sys
-
-    from updp.pipeline.config import demo_config
-
-    def echo(line: str) -> None:
-        if not quiet:
-            print(line, file=sys.stderr, flush=True)
-
-    cfg = demo_config(quick=quick)
-    outcome = run_pipeline(cfg, out_dir, progress=not quiet, verbose=verbose, echo=echo)
-    print(format_headline(outcome))
-    return 0
-
-
-__all__ += ["demo_pipeline", "format_headline"]
+__all__ = ["RunOutcome", "StageRecord", "StageStatus", "format_headline", "hash_inputs", "resolve_config",
+           "run_pipeline", "sha256_file"]

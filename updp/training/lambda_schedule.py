@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 
 KINDS = ("linear", "cosine", "step")
 

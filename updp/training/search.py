@@ -1,22 +1,23 @@
 """UPDP step 2: subnet search. Which blocks to prune, under a budget, scored on held-out data.
 
 Budget (`SearchSpace`): exactly K pruned blocks (`target_blocks`, the paper's Pk), or a predicted
-speedup of at least S (`target_speedup`, from the ORT latency table `LatencyLUT`).
+speedup of at least S (`target_speedup`, from a `LatencyPredictor`).
 
-Score of a candidate subnet (`SubnetScorer`): the supernet's accuracy with that subnet active, on
-the `holdout` split (carved from the training split and never trained on; `val` stays untouched for
-reporting), after recalibrating the BatchNorm statistics for that subnet on a few fixed training
-batches. The supernet's BNs saw a mixture of subnets during training, and a BN shared by both forms
-of a block (ResNet) saw both, so the running statistics fit no single subnet; recalibration is what
-makes supernet-inherited accuracy predictive (Cai et al. 2020, "Once-for-All", §3.3). The BN
-statistics are restored after every candidate, so candidates cannot contaminate each other.
+Score of a candidate subnet (`updp.training.scoring.SubnetScorer`): the supernet's accuracy with
+that subnet active, on the `holdout` split (carved from the training split and never trained on;
+`val` stays untouched for reporting), after recalibrating the BatchNorm statistics for that subnet
+on a few fixed training batches. The supernet's BNs saw a mixture of subnets during training, and a
+BN shared by both forms of a block (ResNet) saw both, so the running statistics fit no single
+subnet; recalibration is what makes supernet-inherited accuracy predictive (Cai et al. 2020,
+"Once-for-All", §3.3). The BN statistics are restored after every candidate, so candidates cannot
+contaminate each other.
 
 Ranking: higher holdout accuracy first; ties (holdout accuracy is a count) go to the lower
 predicted latency, then to the lexicographically smaller block list (deterministic).
 
 Methods:
 
-* exhaustive: every feasible subnet, when there are at most `exhaustive_limit` (default 64);
+* exhaustive: every feasible subnet, when there are at most `exhaustive_limit`;
 * evolutionary (default otherwise; after Guo et al. 2020, "Single Path One-Shot", §3.3): a random
   feasible population; each generation takes the top `parents` of everything scored so far and
   breeds children by mutation (swap one pruned block for an unpruned one; for a speedup budget also
@@ -27,32 +28,49 @@ Methods:
 The search's pick is compared with random picks of the same size scored the same way: a search
 that does not beat them is not worth its cost.
 
-`run_search` is the whole step behind `updp search`: baseline checkpoint → latency table →
-supernet (`updp.pruning.supernet`) → search → random-pick comparison → full-model ORT measurement
-of the winner → `PrunePlan` written atomically.
+Latency comes in through `LatencyPredictor`, a small protocol the caller passes in (the ORT
+latency table `updp.latency.lut.LatencyLUT` implements it): this module neither exports nor times
+anything. Scoring on held-out data is `updp.training.scoring`; the whole step behind
+`updp search` (baseline checkpoint → latency table → supernet → search → random-pick comparison →
+full-model measurement of the winner → plan) is `updp.workflows.search`.
 """
+
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
-import torch
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from tqdm import tqdm
 
-from updp.errors import InputError
+from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
+
+
+class LatencyPredictor(Protocol):
+    """Predicted latency of subnets, as the search needs it (implemented by `LatencyLUT`).
+
+    Attributes:
+        indices: the block indices it can predict for.
+    """
+
+    indices: list[int]
+
+    def predict(self, pruned: Iterable[int]) -> float:
+        """Predicted latency (ms) of the subnet that prunes `pruned`."""
+
+    def speedup(self, pruned: Iterable[int]) -> float:
+        """Predicted speedup over the unpruned model."""
+
+    def blocks_needed(self, target_speedup: float, candidates: Sequence[int] | None = None) -> tuple[int, int]:
+        """(fewest, always enough) numbers of pruned blocks for a speedup target."""
+
 
 METHODS = ("auto", "evolutionary", "exhaustive")
 _COUNT_ENUMERATE_MAX = 20  # speedup budgets: count feasible subsets by enumeration up to 2^20
@@ -75,7 +93,7 @@ class SearchSpace:
     candidates: tuple[int, ...]
     target_blocks: int | None = None
     target_speedup: float | None = None
-    lut: Any = None
+    lut: LatencyPredictor | None = None
     _count: int | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -227,9 +245,9 @@ class EvolutionConfig:
         seed: seeds every random choice.
     """
 
-    population: int = 16
-    parents: int = 6
-    max_evals: int = 120
+    population: int
+    parents: int
+    max_evals: int
     generations: int = 50
     mutation_prob: float = 0.5
     seed: int = 0
@@ -331,9 +349,8 @@ def _crossover(space: SearchSpace, a: tuple[int, ...], b: tuple[int, ...],
     return t if space.feasible(t) else None
 
 
-def evolutionary_search(space: SearchSpace, score: ScoreFn, cfg: EvolutionConfig | None = None) -> SearchOutcome:
+def evolutionary_search(space: SearchSpace, score: ScoreFn, cfg: EvolutionConfig) -> SearchOutcome:
     """Evolutionary search (see the module docstring). Deterministic for a seed and scorer."""
-    cfg = cfg or EvolutionConfig()
     t0 = time.perf_counter()
     rng = np.random.default_rng([int(cfg.seed) & 0xFFFFFFFF, 0xE70])
     ev = _Evaluator(space, score, cfg.max_evals)
@@ -380,8 +397,8 @@ def evolutionary_search(space: SearchSpace, score: ScoreFn, cfg: EvolutionConfig
                          config={**asdict(cfg), "generations_run": generations})
 
 
-def search(space: SearchSpace, score: ScoreFn, *, method: str = "auto", exhaustive_limit: int = 64,
-           evolution: EvolutionConfig | None = None) -> SearchOutcome:
+def search(space: SearchSpace, score: ScoreFn, *, method: str, exhaustive_limit: int,
+           evolution: EvolutionConfig) -> SearchOutcome:
     """Pick the best subnet: exhaustive if the space has at most `exhaustive_limit` subnets
     (`method='auto'`), else evolutionary.
 
@@ -420,479 +437,6 @@ def random_picks(space: SearchSpace, score: ScoreFn, size: int, n: int, seed: in
     return [ev(s) for s in picks]
 
 
-# ------------------------------------------------------------------ scoring on held-out data
 
-def _bn_state(model: nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, _BatchNorm) and m.running_mean is not None:
-            out[name] = (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
-    return out
-
-
-def _restore_bn(model: nn.Module, state: dict[str, tuple[torch.Tensor, ...]]) -> None:
-    with torch.no_grad():
-        for name, m in model.named_modules():
-            if name in state:
-                mean, var, nbt = state[name]
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(nbt)
-
-
-def pool_running_stats(batch_counts: Sequence[int], stats: torch.Tensor) -> torch.Tensor:
-    """BN running statistics over all calibration batches, from those of disjoint shards of them.
-
-    `calibrate_bn` (momentum=None) leaves each BN's running mean and variance at the plain average
-    of the per-batch means and (unbiased) variances. Shard r of the batches, with n_r batches,
-    holds the average over its own batches, so the average over all of them is
-    Σ_r n_r · stats_r / Σ_r n_r: exact, whatever the split. Computed in float64.
-
-    Args:
-        batch_counts: n_r, the batches each shard calibrated on (≥ 0, not all 0).
-        stats: (shards, ...) the shards' running statistics, stacked.
-
-    Returns:
-        The pooled statistics, shaped like one shard's, in `stats`'s dtype.
-    """
-    counts = torch.as_tensor(list(batch_counts), dtype=torch.float64)
-    if counts.numel() != stats.shape[0] or bool((counts < 0).any()) or float(counts.sum()) <= 0:
-        raise ValueError(f"batch counts {list(batch_counts)} do not fit {stats.shape[0]} shards")
-    weights = (counts / counts.sum()).reshape(-1, *([1] * (stats.dim() - 1)))
-    return (weights * stats.to(torch.float64)).sum(0).to(stats.dtype)
-
-
-def _process_group() -> tuple[int, int]:
-    """(rank, world size) of the initialized process group; (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class SubnetScorer:
-    """Holdout accuracy of a supernet's subnet after BN recalibration (see the module docstring).
-
-    Under torchrun (an initialized process group) the work is sharded: rank r calibrates on
-    calibration batches r, r + world, … and the BN statistics are pooled exactly
-    (`pool_running_stats`); it scores holdout batches r, r + world, … and the correct counts are
-    summed. Every rank gets the same accuracy, so every rank's search takes the same path.
-
-    Args:
-        model: the supernet.
-        calib_batches: fixed input batches for the BN recalibration (the same for every candidate).
-        holdout: (inputs, labels) batches of the holdout split.
-        recalibrate: 'all' BN-type modules (default), 'pruned' (the BNs added by pruning) or 'none'.
-        device: where to run (default: the model's device).
-    """
-
-    def __init__(self, model: nn.Module, calib_batches: Sequence[torch.Tensor],
-                 holdout: Sequence[tuple[torch.Tensor, torch.Tensor]], *, recalibrate: str = "all",
-                 device: torch.device | str | None = None) -> None:
-        if recalibrate not in ("all", "pruned", "none"):
-            raise InputError(f"recalibrate must be 'all', 'pruned' or 'none', got {recalibrate!r}")
-        if recalibrate != "none" and not calib_batches:
-            raise InputError("BN recalibration needs at least one calibration batch")
-        if not holdout:
-            raise InputError("the holdout split is empty: nothing to score subnets on")
-        p = next(model.parameters())
-        self.device = torch.device(device) if device is not None else p.device
-        self.model = model.to(self.device).eval()
-        self.rank, self.world = _process_group()
-        # Shard the calibration only when every rank gets a batch (calibrate_bn needs one).
-        self.calib_counts = ([len(calib_batches[r::self.world]) for r in range(self.world)]
-                             if self.world > 1 and len(calib_batches) >= self.world else None)
-        mine = calib_batches[self.rank::self.world] if self.calib_counts else calib_batches
-        self.calib = [x.to(self.device) for x in mine]
-        self.holdout = [(x.to(self.device), y.to(self.device)) for x, y in holdout[self.rank::self.world]]
-        self.recalibrate = recalibrate
-        self.n_scored = 0
-        self.seconds = 0.0
-
-    @torch.no_grad()
-    def accuracy(self) -> float:
-        """Holdout accuracy of the model as it is (eval mode)."""
-        self.model.eval()
-        correct = n = 0
-        for x, y in self.holdout:
-            logits = self.model(x)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            correct += int((logits.argmax(1) == y).sum())
-            n += int(y.numel())
-        if self.world > 1:
-            import torch.distributed as dist
-
-            counts = torch.tensor([correct, n], dtype=torch.int64, device=self.device)
-            dist.all_reduce(counts)
-            correct, n = (int(v) for v in counts.tolist())
-        return correct / n
-
-    def _pool_calibration(self) -> None:
-        """Every rank's recalibrated BNs get the statistics over all ranks' batches."""
-        import torch.distributed as dist
-
-        from updp.pruning.convert import _target_bns
-
-        bns = _target_bns(self.model, self.recalibrate)
-        if not bns:
-            return
-        flat = torch.cat([t for bn in bns for t in (bn.running_mean, bn.running_var)])
-        gathered = [torch.empty_like(flat) for _ in range(self.world)]
-        dist.all_gather(gathered, flat)
-        pooled = pool_running_stats(self.calib_counts, torch.stack(gathered))
-        offset = 0
-        with torch.no_grad():
-            for bn in bns:
-                for t in (bn.running_mean, bn.running_var):
-                    t.copy_(pooled[offset:offset + t.numel()].view_as(t))
-                    offset += t.numel()
-                bn.num_batches_tracked.fill_(sum(self.calib_counts))
-
-    def __call__(self, blocks: Sequence[int]) -> float:
-        from updp.pruning.convert import calibrate_bn
-        from updp.pruning.supernet import active_subnet, set_subnet
-
-        t0 = time.perf_counter()
-        before = active_subnet(self.model)
-        saved = _bn_state(self.model)
-        try:
-            set_subnet(self.model, blocks)
-            if self.recalibrate != "none":
-                # identity_init_inserted=False: the inserted BNs' affines are trained weights now.
-                calibrate_bn(self.model, self.calib, which=self.recalibrate, identity_init_inserted=False)
-                if self.calib_counts:
-                    self._pool_calibration()
-            return self.accuracy()
-        finally:
-            _restore_bn(self.model, saved)
-            set_subnet(self.model, before)
-            self.n_scored += 1
-            self.seconds += time.perf_counter() - t0
-
-
-def _batches(dataset, batch_size: int, n: int | None, *, shuffle: bool, seed: int) -> list:
-    from updp.data import make_loader
-
-    out = []
-    for batch in make_loader(dataset, batch_size, shuffle=shuffle, seed=seed):
-        out.append(batch)
-        if n is not None and len(out) >= n:
-            break
-    return out
-
-
-# ------------------------------------------------------------------ the whole step
-
-@dataclass
-class SearchResult:
-    """What `run_search` did and found (the plan holds the same, in its own format)."""
-
-    plan_path: str
-    plan: Any
-    blocks: list[int]
-    block_names: list[str]
-    rule: str
-    method: str
-    holdout_acc: float
-    baseline_holdout_acc: float
-    supernet_unpruned_holdout_acc: float
-    random_picks: list[dict[str, Any]]
-    predicted_speedup: float | None
-    measured_speedup: float | None
-    measured: dict[str, Any] | None
-    top: list[dict[str, Any]]
-    n_evals: int
-    space_size: int | None
-    lut_path: str | None
-    supernet_checkpoint: str | None
-    supernet: dict[str, Any]
-    timings: dict[str, float]
-    data: str = ""
-
-    @property
-    def random_mean_acc(self) -> float | None:
-        accs = [r["acc"] for r in self.random_picks]
-        return float(np.mean(accs)) if accs else None
-
-    @property
-    def beats_random(self) -> bool | None:
-        """The pick scores above every random pick of the same size (None without random picks)."""
-        accs = [r["acc"] for r in self.random_picks]
-        return bool(self.holdout_acc > max(accs)) if accs else None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["plan"] = self.plan.to_dict()
-        d["random_mean_acc"] = self.random_mean_acc
-        d["beats_random"] = self.beats_random
-        return d
-
-    def format_summary(self) -> str:
-        lines = [f"wrote {self.plan_path}",
-                 f"  {self.rule} ({self.n_evals} subnets scored"
-                 + (f" of {self.space_size}" if self.space_size is not None else "") + ")",
-                 "  pruned blocks: " + ", ".join(f"{i} {n}" for i, n in zip(self.blocks, self.block_names)),
-                 f"  holdout acc: pick {self.holdout_acc:.4f} | baseline {self.baseline_holdout_acc:.4f} | "
-                 f"supernet unpruned {self.supernet_unpruned_holdout_acc:.4f}"]
-        if self.random_picks:
-            accs = ", ".join(f"{r['acc']:.4f}" for r in self.random_picks)
-            verdict = "beats" if self.beats_random else "does NOT beat"
-            lines.append(f"  random picks of {len(self.blocks)} blocks: {accs} (mean {self.random_mean_acc:.4f}); "
-                         f"the pick {verdict} all of them")
-        if self.predicted_speedup is not None:
-            s = f"  speedup: predicted {self.predicted_speedup:.3f}x (latency table)"
-            if self.measured_speedup is not None and self.measured is not None:
-                s += (f", measured {self.measured_speedup:.3f}x (ORT, full model, "
-                      f"{self.measured['baseline_ms']:.3f} -> {self.measured['measured_ms']:.3f} ms)")
-            lines.append(s)
-        lines.append("  top subnets: " + "; ".join(
-            f"{c['blocks']} {c['acc']:.4f}" for c in self.top[:5]))
-        lines.append("  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
-        return "\n".join(lines)
-
-
-def run_search(checkpoint: str, data: str, *, target_blocks: int | None = None,
-               target_speedup: float | None = None, out: str, epochs: int = 10, method: str = "auto",
-               candidates: list[int] | None = None, seed: int = 0,
-               population: int = 16, parents: int = 6, max_evals: int = 120, exhaustive_limit: int = 64,
-               n_random: int = 3, calib_batches: int = 8, recalibrate: str = "all",
-               batch_size: int = 128, lr: float = 1e-3, kd_alpha: float = 0.5, kd_temperature: float = 1.0,
-               max_steps_per_epoch: int | None = None, amp: str = "off",
-               supernet_out: str | None = None,
-               reuse_supernet: bool = False, lut: str | None = None, threads: int = 2,
-               measure: bool = True, bench_repeats: int = 50, profile_rounds: int = 15,
-               device: str = "auto", split_seed: int = 0,
-               top_n: int = 10, progress: bool = True, log_jsonl: str | None = None,
-               resume: bool = False) -> SearchResult:
-    """UPDP steps 1–2: train a supernet from a baseline checkpoint and search the blocks to prune.
-
-    Args:
-        checkpoint: baseline checkpoint of `updp train` (state dict + `model_spec`).
-        data: `--data` spec (`updp.data.get_datasets`); its `holdout` split scores subnets.
-        target_blocks: exactly K pruned blocks ...
-        target_speedup: ... or a predicted ORT speedup of at least S (exactly one of the two).
-        out: the plan (JSON), written atomically.
-        epochs: supernet training epochs (0: no training, only the initial BN calibration: the
-            ablation "search on inherited weights").
-        method: 'auto' (exhaustive if <= `exhaustive_limit` subnets), 'evolutionary', 'exhaustive'.
-        candidates: block indices allowed to be pruned (default: every prunable block).
-        seed: training, sampling, search and random-pick seed.
-        population, parents, max_evals: evolutionary settings (`EvolutionConfig`).
-        n_random: random picks of the winner's size to compare against.
-        calib_batches: training batches for each candidate's BN recalibration.
-        recalibrate: 'all', 'pruned' or 'none' (ablation).
-        batch_size, lr, kd_alpha, kd_temperature, max_steps_per_epoch, amp: supernet training.
-        supernet_out: supernet checkpoint (default: `<out>.supernet.pt`).
-        reuse_supernet: load `supernet_out` instead of training (it must exist).
-        lut: a saved latency table to reuse (JSON); default: build one and save `<out>.lut.json`.
-        threads: ORT intra-op threads for the latency table and the measurement.
-        measure: measure the winner end to end against the baseline (ORT, interleaved).
-        bench_repeats: timed runs per model for the latency table and the measurement.
-        profile_rounds: profiling rounds per graph for the latency table (`build_lut`).
-        device: torch device for training and scoring.
-        split_seed: dataset split seed.
-        top_n: scored subnets recorded in the plan.
-        progress, log_jsonl: training progress bars and per-epoch log.
-        resume: continue the supernet training from `supernet_out` after its last finished epoch
-            when that file exists (a killed run; `updp run --resume`).
-
-    Raises:
-        InputError: bad checkpoint, data, target, or options (one line).
-    """
-    from updp._io import write_text_atomic
-    from updp.data import get_datasets
-    from updp.latency import LatencySetup
-    from updp.models import create_model
-    from updp.pruning.discover import find_blocks, prunable_candidates
-    from updp.pruning.latency_lut import LatencyLUT, build_lut
-    from updp.pruning.plan import PrunePlan
-    from updp.pruning.supernet import (
-        SubnetSampler,
-        SupernetConfig,
-        build_supernet,
-        frozen_copy,
-        k_range_for_target,
-        load_baseline,
-        load_supernet,
-        set_subnet,
-        train_supernet,
-    )
-    from updp.pruning.train import _init_distributed, resolve_device
-
-    t_all = time.perf_counter()
-    timings: dict[str, float] = {}
-    if (target_blocks is None) == (target_speedup is None):
-        raise InputError("updp search: give exactly one of --target-blocks K or --target-speedup S")
-    if method not in METHODS:
-        raise InputError(f"unknown search method {method!r}; choose from {', '.join(METHODS)}")
-    if epochs < 0:
-        raise InputError(f"--epochs must be >= 0, got {epochs}")
-    out_path = Path(out)
-    supernet_path = Path(supernet_out) if supernet_out else out_path.with_suffix(".supernet.pt")
-    if reuse_supernet and not supernet_path.is_file():
-        raise InputError(f"--reuse-supernet: {supernet_path} does not exist")
-    # Under torchrun: the supernet trains with DDP, the scoring is sharded over the ranks
-    # (`SubnetScorer`), and latency is measured by rank 0 alone (ranks timing at once on shared
-    # cores would measure each other) and broadcast.
-    distributed = _init_distributed(resolve_device(device))
-    rank, world = _process_group()
-    is_main = rank == 0
-
-    # ---- baseline, data, candidates
-    baseline, spec, chw = load_baseline(checkpoint)
-    bundle = get_datasets(data, chw[1:], split_seed=split_seed)
-    if bundle.num_classes != spec.get("num_classes"):
-        raise InputError(f"{data} has {bundle.num_classes} classes, the checkpoint's model "
-                         f"{spec.get('num_classes')}")
-    blocks = find_blocks(baseline)
-    cand = prunable_candidates(blocks, candidates, what="--candidates", model=spec["model"])
-
-    # ---- latency table (random weights are fine for latency)
-    t0 = time.perf_counter()
-    setup = LatencySetup(threads=threads, opt_level="all", repeats=bench_repeats)
-    lut_path: str | None
-    if lut:
-        table = LatencyLUT.load(lut)
-        if list(table.input_shape) != [1, *chw]:
-            raise InputError(f"latency table {lut} was measured at {table.input_shape}, the model takes "
-                             f"{[1, *chw]}")
-        lut_path = lut
-    else:
-        lut_path = str(out_path.with_suffix(".lut.json"))
-        if is_main:
-            fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
-            table = build_lut(fresh, (1, *chw), candidates=cand, setup=setup, profile_rounds=profile_rounds,
-                              model_label=spec["model"])
-            table.save(lut_path)
-        if distributed:
-            table = LatencyLUT.from_dict(_broadcast_from_main(table.to_dict() if is_main else None))
-    timings["latency_table"] = time.perf_counter() - t0
-    space = SearchSpace(tuple(cand), target_blocks=target_blocks, target_speedup=target_speedup, lut=table)
-
-    # ---- supernet
-    t0 = time.perf_counter()
-    k_min, k_max = k_range_for_target(cand, target_blocks=target_blocks, target_speedup=target_speedup, lut=table)
-    sampler = SubnetSampler(tuple(cand), k_min, k_max, seed=seed)
-    scfg = SupernetConfig(epochs=epochs, batch_size=batch_size, lr=lr, kd_alpha=kd_alpha,
-                          kd_temperature=kd_temperature, seed=seed, device=device,
-                          max_steps_per_epoch=max_steps_per_epoch, amp=amp,
-                          out=str(supernet_path) if epochs > 0 else None,
-                          progress=progress, log_jsonl=log_jsonl,
-                          resume=bool(resume and epochs > 0 and supernet_path.is_file()))
-    if reuse_supernet:
-        model, _, _, rec = load_supernet(str(supernet_path))
-        if sorted(rec["candidates"]) != cand:
-            raise InputError(f"{supernet_path} was trained with candidates {rec['candidates']}, not {cand}")
-        summary = {"reused": str(supernet_path), "sampler": rec.get("sampler")}
-    else:
-        model = copy.deepcopy(baseline)
-        build_supernet(model, cand)
-        teacher = frozen_copy(baseline) if kd_alpha > 0 else None
-        summary = train_supernet(model, bundle, sampler, scfg, teacher=teacher,
-                                 checkpoint_extra={"model_spec": spec}).to_dict()
-    timings["supernet"] = time.perf_counter() - t0
-
-    # ---- search
-    t0 = time.perf_counter()
-    dev = resolve_device(device)
-    model = model.to(dev).eval()
-    calib = [x for x, _ in _batches(bundle.train, batch_size, calib_batches, shuffle=True, seed=seed + 1)]
-    holdout = _batches(bundle.holdout, 256, None, shuffle=False, seed=0)
-    scorer = SubnetScorer(model, calib, holdout, recalibrate=recalibrate, device=dev)
-    baseline_acc = SubnetScorer(baseline.to(dev), [], holdout, recalibrate="none", device=dev).accuracy()
-    unpruned_acc = scorer(())
-    evo = EvolutionConfig(population=population, parents=parents, max_evals=max_evals, seed=seed)
-    n_space = space.count()
-    exhaustive = method == "exhaustive" or (method == "auto" and n_space is not None and n_space <= exhaustive_limit)
-    if world > 1 and is_main:
-        logger.info("search: scoring sharded over %d ranks", world)
-    with tqdm(total=n_space if exhaustive else max_evals, desc="search: scoring subnets", unit="subnet",
-              disable=True if not (progress and is_main) else None, leave=False) as bar:  # None: a terminal only
-
-        def scored(blocks):
-            acc = scorer(blocks)
-            bar.update(1)
-            bar.set_postfix(acc=f"{acc:.4f}")
-            return acc
-
-        outcome = search(space, scored, method=method, exhaustive_limit=exhaustive_limit, evolution=evo)
-    best = outcome.best
-    randoms = random_picks(space, scorer, len(best.blocks), n_random, seed=seed, exclude=best.blocks)
-    set_subnet(model, best.blocks)
-    timings["search"] = time.perf_counter() - t0
-
-    # ---- full-model measurement of the winner
-    measured = None
-    if measure:
-        t0 = time.perf_counter()
-        if is_main:
-            fresh, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **spec["kwargs"])
-            measured = table.check(fresh, best.blocks, setup=setup).to_dict()
-        if distributed:
-            measured = _broadcast_from_main(measured)
-        timings["measure"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_all
-
-    # ---- plan
-    names = [blocks[i].name for i in best.blocks]
-    top = [c.to_dict() for c in outcome.top(top_n)]
-    plan = PrunePlan(
-        model=spec["model"], input_size=tuple(chw), blocks=list(best.blocks), block_names=names, lam=1.0,
-        selection_rule=outcome.rule, model_kwargs=dict(spec["kwargs"]), num_classes=spec.get("num_classes"),
-        notes=f"updp search from {checkpoint} on {data}",
-        search={"method": outcome.method, "target_blocks": target_blocks, "target_speedup": target_speedup,
-                "candidates": cand, "seed": seed, "n_evals": outcome.n_evals, "space_size": outcome.space_size,
-                "exhaustive_limit": exhaustive_limit, "config": outcome.config, "recalibrate": recalibrate,
-                "calib_batches": len(calib), "score": "holdout top-1 after BN recalibration",
-                "data": bundle.description, "seconds": timings},
-        scores={"metric": "holdout_acc", "holdout_n": sum(int(y.numel()) for _, y in holdout),
-                "winner": best.acc, "baseline": baseline_acc, "supernet_unpruned": unpruned_acc,
-                "random_picks": [c.to_dict() for c in randoms],
-                "random_mean": float(np.mean([c.acc for c in randoms])) if randoms else None,
-                "beats_random": bool(best.acc > max(c.acc for c in randoms)) if randoms else None,
-                "top": top},
-        latency={"predicted_speedup": best.speedup, "predicted_ms": best.latency_ms,
-                 "measured_speedup": measured["measured_speedup"] if measured else None,
-                 "measured": measured, "lut": lut_path, "lut_setup": table.setup,
-                 "lut_base_ms": table.base_ms},
-        supernet=summary if isinstance(summary, dict) else dict(summary),
-    )
-    if is_main:
-        plan.save(str(out_path))
-    result = SearchResult(
-        plan_path=str(out_path), plan=plan, blocks=list(best.blocks), block_names=names, rule=outcome.rule,
-        method=outcome.method, holdout_acc=best.acc, baseline_holdout_acc=baseline_acc,
-        supernet_unpruned_holdout_acc=unpruned_acc, random_picks=[c.to_dict() for c in randoms],
-        predicted_speedup=best.speedup, measured_speedup=measured["measured_speedup"] if measured else None,
-        measured=measured, top=top, n_evals=outcome.n_evals, space_size=outcome.space_size, lut_path=lut_path,
-        supernet_checkpoint=str(supernet_path) if (epochs > 0 or reuse_supernet) else None,
-        supernet=plan.supernet, timings=timings, data=bundle.description)
-    if is_main:
-        write_text_atomic(out_path.with_suffix(".search.json"), _json(result.to_dict()))
-    if distributed:
-        import torch.distributed as dist
-
-        dist.barrier()  # the plan exists for every rank on return
-    logger.info("search done in %.1fs: blocks %s", timings["total"], best.blocks)
-    return result
-
-
-def _broadcast_from_main(obj: Any) -> Any:
-    """Rank 0's picklable `obj`, on every rank."""
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _json(d: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(d, indent=2, default=str) + "\n"
-
-
-__all__ = ["Candidate", "EvolutionConfig", "METHODS", "SearchOutcome", "SearchResult", "SearchSpace",
-           "SubnetScorer", "evolutionary_search", "exhaustive_search", "random_picks", "run_search", "search"]
+__all__ = ["Candidate", "EvolutionConfig", "LatencyPredictor", "METHODS", "SearchOutcome", "SearchSpace",
+           "evolutionary_search", "exhaustive_search", "random_picks", "search"]

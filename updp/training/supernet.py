@@ -22,10 +22,10 @@ The draw is a pure function of (seed, global step), seeded through numpy's `Seed
 DDP rank draws the same subnet at the same step without communication, and a resumed run continues
 the exact sequence.
 
-Order of use: baseline checkpoint → `build_supernet` → `calibrate_supernet` (all candidates pruned
+Order of use: the trained baseline → `build_supernet` → `calibrate_supernet` (all candidates pruned
 at once, the new BNs' statistics from a few training batches) → `train_supernet` (the shared
-`updp.pruning.train.Trainer`, distillation from the frozen baseline) → the search
-(`updp.pruning.search`).
+`updp.training.trainer.Trainer`, distillation from the frozen baseline) → the search
+(`updp.training.search`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -41,7 +41,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from updp.errors import InputError, UnsupportedError
+from updp.blocks.convert import apply_pruning, calibrate_bn, set_submodule
+from updp.blocks.discover import find_blocks
+from updp.core.constants import DEFAULT_TORCH_DEVICE
+from updp.core.errors import InputError, UnsupportedError
+from updp.data import make_loader
+from updp.training.trainer import Trainer, TrainerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +84,6 @@ class SupernetBlock(nn.Module):
         return f"index={self.index}, name={self.name}, active={self.active}"
 
 
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, attr = path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    setattr(parent, attr, new)
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP / DataParallel wrapper."""
     return model.module if isinstance(getattr(model, "module", None), nn.Module) else model
@@ -112,9 +111,6 @@ def build_supernet(model: nn.Module, candidates: Iterable[int] | None = None,
         InputError: an index out of range, repeated, or the model is already a supernet.
         UnsupportedError: a candidate that is not prunable (the message says why).
     """
-    from updp.pruning.convert import apply_pruning
-    from updp.pruning.discover import find_blocks
-
     if supernet_blocks(model):
         raise InputError("the model is already a supernet")
     blocks = find_blocks(model)
@@ -143,7 +139,7 @@ def build_supernet(model: nn.Module, candidates: Iterable[int] | None = None,
         pruned = model.get_submodule(name)
         wrapper = SupernetBlock(originals[i], pruned, i, name)
         wrapper.train(originals[i].training)
-        _set_submodule(model, name, wrapper)
+        set_submodule(model, name, wrapper)
     logger.info("supernet: %d candidate blocks %s", len(cand), cand)
     return cand
 
@@ -257,44 +253,6 @@ def k_range_for_target(candidates: Sequence[int], *, target_blocks: int | None =
 
 # ------------------------------------------------------------------ baseline and calibration
 
-def load_baseline(checkpoint: str) -> tuple[nn.Module, dict[str, Any], tuple[int, int, int]]:
-    """Rebuild the trained baseline of a `updp train` checkpoint.
-
-    The checkpoint is a dict with `model` (state dict) and `model_spec`
-    (`{"model": "timm:NAME", "kwargs": {...}, "num_classes": N, "input_size": [C, H, W]}`; the
-    `ModelSpec.to_dict` form with `source`/`name` is accepted too).
-
-    Returns:
-        (model in eval mode, the model spec dict normalized to the first form, (C, H, W)).
-
-    Raises:
-        InputError: unreadable file, no `model_spec`, a pruned checkpoint, or weights that do not fit.
-    """
-    from updp.models import create_model, load_state, read_checkpoint
-
-    payload = read_checkpoint(checkpoint)
-    if not isinstance(payload, dict) or not isinstance(payload.get("model_spec"), dict):
-        raise InputError(f"{checkpoint}: no model_spec: expected a checkpoint written by `updp train`")
-    if payload.get("plan") is not None:
-        raise InputError(f"{checkpoint} is a pruned checkpoint (it carries a prune plan); the search "
-                         "starts from the unpruned baseline")
-    spec = dict(payload["model_spec"])
-    model_name = spec.get("model") or (f"{spec['source']}:{spec['name']}" if "source" in spec else None)
-    if not model_name:
-        raise InputError(f"{checkpoint}: model_spec names no model")
-    kwargs = dict(spec.get("kwargs") or {})
-    num_classes = spec.get("num_classes")
-    kwargs.pop("num_classes", None)
-    model, _ = create_model(model_name, num_classes=num_classes, **kwargs)
-    load_state(model, payload, checkpoint)
-    size = spec.get("input_size")
-    if not size or len(size) != 3:
-        raise InputError(f"{checkpoint}: model_spec has no input_size [C, H, W]")
-    chw = tuple(int(s) for s in size)
-    norm = {"model": model_name, "kwargs": kwargs, "num_classes": num_classes, "input_size": list(chw)}
-    return model.eval(), norm, chw  # type: ignore[return-value]
-
-
 def calibrate_supernet(model: nn.Module, batches: Iterable[Any], max_batches: int | None = None) -> int:
     """Calibrate the new BNs of every pruned form at once (all candidates pruned), before training.
 
@@ -302,8 +260,6 @@ def calibrate_supernet(model: nn.Module, batches: Iterable[Any], max_batches: in
     (`identity_init_inserted`), so each pruned form starts as close to its λ = 1 function as the
     data allows. Restores the previously active subnet.
     """
-    from updp.pruning.convert import calibrate_bn
-
     before = active_subnet(model)
     set_subnet(model, [b.index for b in supernet_blocks(model)])
     try:
@@ -318,7 +274,10 @@ def calibrate_supernet(model: nn.Module, batches: Iterable[Any], max_batches: in
 
 @dataclass
 class SupernetConfig:
-    """Supernet training settings (passed on to `TrainConfig`, plus the sampling and KD ones).
+    """Supernet training settings (passed on to `TrainerConfig`, plus the sampling and KD ones).
+
+    The recipe fields have no defaults here: `updp search` owns them
+    (`updp.workflows.config.SearchConfig`).
 
     Attributes:
         epochs: training epochs (0: calibrate only, no training).
@@ -329,7 +288,7 @@ class SupernetConfig:
         seed: training and sampling seed.
         device: 'auto', 'cpu' or 'cuda'.
         max_steps_per_epoch: cap steps (tests, smoke runs).
-        amp: 'off' or 'bf16' (see `TrainConfig.amp`).
+        amp: 'off' or 'bf16' (see `TrainerConfig.amp`).
         out: supernet checkpoint path (None: not saved).
         log_jsonl: per-epoch log.
         progress: progress bar.
@@ -338,17 +297,17 @@ class SupernetConfig:
         block_options: family options for the pruned forms.
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.1
-    kd_alpha: float = 0.5
-    kd_temperature: float = 1.0
-    calib_batches: int = 10
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    label_smoothing: float
+    kd_alpha: float
+    kd_temperature: float
+    calib_batches: int
     seed: int = 0
-    device: str = "auto"
+    device: str = DEFAULT_TORCH_DEVICE
     max_steps_per_epoch: int | None = None
     amp: str = "off"
     out: str | None = None
@@ -389,8 +348,6 @@ class SupernetSummary:
 
 
 def _calibration_batches(dataset, batch_size: int, n: int, seed: int) -> list[torch.Tensor]:
-    from updp.data import make_loader
-
     out = []
     for x, _ in make_loader(dataset, batch_size, shuffle=True, seed=seed):
         out.append(x)
@@ -402,7 +359,8 @@ def _calibration_batches(dataset, batch_size: int, n: int, seed: int) -> list[to
 
 
 def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: SupernetConfig, *,
-                   teacher: nn.Module | None = None, checkpoint_extra: dict[str, Any] | None = None) -> SupernetSummary:
+                   teacher: nn.Module | None = None, checkpoint_extra: dict[str, Any] | None = None,
+                   echo: Callable[[str], None] | None = None) -> SupernetSummary:
     """Calibrate the pruned forms' new BNs, then train the supernet with per-step subnet sampling.
 
     Args:
@@ -413,6 +371,7 @@ def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: Supernet
         teacher: the frozen baseline for distillation (default: none, unless `cfg.kd_alpha > 0`,
             in which case it is required).
         checkpoint_extra: stored in the supernet checkpoint (e.g. the model spec).
+        echo: per-epoch progress lines (see `Trainer`).
 
     Returns:
         The training summary.
@@ -437,8 +396,6 @@ def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: Supernet
         logger.info("supernet: 0 epochs, calibrated only")
         return summary
 
-    from updp.pruning.train import TrainConfig, Trainer
-
     def before_step(m: nn.Module, global_step: int, epoch_progress: float) -> None:
         set_subnet(m, sampler.sample(global_step))
 
@@ -446,17 +403,17 @@ def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: Supernet
         teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-    tcfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
-                       kd_alpha=cfg.kd_alpha if teacher is not None else 0.0, kd_temperature=cfg.kd_temperature,
-                       seed=cfg.seed, device=cfg.device, out=cfg.out, resume=cfg.resume, log_jsonl=cfg.log_jsonl,
-                       progress=cfg.progress, max_steps_per_epoch=cfg.max_steps_per_epoch, amp=cfg.amp)
+    tcfg = TrainerConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         warmup_epochs=cfg.warmup_epochs, label_smoothing=cfg.label_smoothing,
+                         kd_alpha=cfg.kd_alpha if teacher is not None else 0.0, kd_temperature=cfg.kd_temperature,
+                         seed=cfg.seed, device=cfg.device, out=cfg.out, resume=cfg.resume, log_jsonl=cfg.log_jsonl,
+                         progress=cfg.progress, max_steps_per_epoch=cfg.max_steps_per_epoch, amp=cfg.amp)
     extra = {"supernet": {"candidates": list(sampler.candidates), "sampler": sampler.to_dict(),
                           "block_options": dict(cfg.block_options)}, **(checkpoint_extra or {})}
     # A step trains one subnet: the other form of each block gets no gradient, hence unused
     # parameters under DDP.
     trainer = Trainer(model, data, tcfg, teacher=teacher, before_step=before_step,
-                      checkpoint_extra=lambda: extra, find_unused_parameters=True)
+                      checkpoint_extra=lambda: extra, find_unused_parameters=True, echo=echo)
     res = trainer.fit()
     summary.val_acc = getattr(res, "val_acc", None)
     summary.val_loss = getattr(res, "val_loss", None)
@@ -478,26 +435,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return t
 
 
-def load_supernet(path: str) -> tuple[nn.Module, dict[str, Any], tuple[int, int, int], dict[str, Any]]:
-    """Rebuild a supernet from its checkpoint (written by `train_supernet`).
-
-    Returns:
-        (supernet in eval mode, model spec dict, (C, H, W), the checkpoint's `supernet` record).
-    """
-    from updp.models import create_model, load_state, read_checkpoint
-
-    payload = read_checkpoint(path)
-    if not isinstance(payload, dict) or "supernet" not in payload or "model_spec" not in payload:
-        raise InputError(f"{path} is not a supernet checkpoint (no 'supernet' / 'model_spec' record)")
-    spec, rec = payload["model_spec"], payload["supernet"]
-    kwargs = dict(spec.get("kwargs") or {})
-    model, _ = create_model(spec["model"], num_classes=spec.get("num_classes"), **kwargs)
-    build_supernet(model, rec["candidates"], **dict(rec.get("block_options") or {}))
-    load_state(model, payload, path)
-    return model.eval(), spec, tuple(int(s) for s in spec["input_size"]), rec  # type: ignore[return-value]
-
-
 __all__ = ["BASE", "PRUNED", "SubnetSampler", "SupernetBlock", "SupernetConfig", "SupernetSummary",
            "active_subnet", "build_supernet", "calibrate_supernet", "frozen_copy", "k_range_for_target",
-           "load_baseline", "load_supernet", "set_subnet", "shared_parameter_report", "supernet_blocks",
+           "set_subnet", "shared_parameter_report", "supernet_blocks",
            "train_supernet"]

@@ -8,4 +8,4 @@
 | resnet             | resnet.BasicBlock, resnet.Bottleneck         | resnet.BasicBlock, resnet.Bottleneck |
 """
 
-from updp.pruning.families import convnext, inverted_residual, resnet, vit  # noqa: F401  (registers)
+from updp.blocks.families import convnext, inverted_residual, resnet, vit  # noqa: F401  (registers)

@@ -1,6 +1,6 @@
 """ConvNeXt V1 blocks: `DW7x7 → LN → PW C→4C → GELU → PW 4C→C → γ → (+x)`.
 
-Pruned training form (λ-blended, see `updp.pruning.modules`):
+Pruned training form (λ-blended, see `updp.blocks.modules`):
 
     x → DW → BlendLN→BN → PW1 → LambdaAct(GELU) → PW2 → γ → Blend(Id→BN_end) → (+x) → EndAct(GELU)
 
@@ -34,8 +34,8 @@ from timm.models.convnext import ConvNeXtBlock
 from torch import nn
 from torchvision.models.convnext import CNBlock
 
-from updp.pruning.modules import BlendedNorm, ChannelBatchNorm, EndAct, LambdaAct, bn_from_layernorm
-from updp.pruning.registry import BlockHandler, PrunedBlock, register_block
+from updp.blocks.modules import BlendedNorm, ChannelBatchNorm, EndAct, LambdaAct, bn_from_layernorm
+from updp.blocks.registry import BlockHandler, PrunedBlock, register_block
 
 
 def _end_parts(channels: int, act: nn.Module, ref: torch.Tensor) -> tuple[ChannelBatchNorm, EndAct]:

@@ -24,8 +24,8 @@ from torch import nn
 from torchvision.models.mobilenetv2 import InvertedResidual as TvInvertedResidual
 from torchvision.ops.misc import Conv2dNormActivation
 
-from updp.pruning.modules import LambdaAct
-from updp.pruning.registry import (
+from updp.blocks.modules import LambdaAct
+from updp.blocks.registry import (
     SHORTCUT_IDENTITY,
     SHORTCUT_NONE,
     BlockHandler,

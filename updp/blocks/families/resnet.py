@@ -21,8 +21,8 @@ import torchvision.models.resnet as tvr
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-from updp.pruning.modules import LambdaAct
-from updp.pruning.registry import (
+from updp.blocks.modules import LambdaAct
+from updp.blocks.registry import (
     SHORTCUT_IDENTITY,
     SHORTCUT_PROJECTION,
     BlockHandler,

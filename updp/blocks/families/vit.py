@@ -23,8 +23,9 @@ from timm.models.vision_transformer import Block, LayerScale
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock
 
-from updp.pruning.modules import BlendedNorm, LambdaAct, bn_from_layernorm
-from updp.pruning.registry import BlockHandler, PrunedBlock, register_block
+from updp.blocks.modules import BlendedNorm, LambdaAct, bn_from_layernorm
+from updp.blocks.registry import BlockHandler, PrunedBlock, register_block
+from updp.core.errors import UnsupportedError
 
 
 def _ln_reason(ln: nn.Module, name: str) -> str | None:
@@ -88,8 +89,6 @@ class TimmViTBlockHandler(BlockHandler):
         if prune_norm1:
             reason = _ln_reason(module.norm1, "norm1")
             if reason:
-                from updp.errors import UnsupportedError
-
                 raise UnsupportedError(f"prune_norm1: {reason}")
         return PrunedTimmViTBlock(module, swap_at_start=swap_at_start, prune_norm1=prune_norm1)
 
@@ -146,7 +145,5 @@ class TorchvisionEncoderBlockHandler(BlockHandler):
         if prune_norm1:
             reason = _ln_reason(module.ln_1, "ln_1")
             if reason:
-                from updp.errors import UnsupportedError
-
                 raise UnsupportedError(f"prune_norm1: {reason}")
         return PrunedTorchvisionEncoderBlock(module, swap_at_start=swap_at_start, prune_norm1=prune_norm1)

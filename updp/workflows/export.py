@@ -1,0 +1,107 @@
+"""`updp export`: a zoo model (random weights, or a checkpoint's) to a merged, verified ONNX file.
+
+Resolves the model and the blocks, then hands over to `updp.exporter.export_module`:
+
+* with a checkpoint that records its model (`updp train` / `updp prune`), MODEL may be left out; a
+  MODEL that is given must be the same model, and the class count, input size and constructor
+  arguments default to the checkpoint's (explicit ones must agree);
+* the blocks come from the checkpoint's plan (a pruned checkpoint), from `blocks`, from `prune`
+  (N blocks by the default rule of `updp.exporter.selection`), or none (the unpruned baseline);
+* without a checkpoint the weights are random and the pruned blocks get random norm statistics:
+  a latency what-if before any training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from updp.blocks.discover import find_blocks
+from updp.core.errors import InputError
+from updp.exporter.export import ExportResult, export_module
+from updp.exporter.selection import select_blocks
+from updp.models.checkpoint import read_checkpoint
+from updp.models.zoo import check_input_size, create_model, normalize_record, same_model
+from updp.workflows.config import ExportConfig
+from updp.workflows.resolve import load_model
+
+
+def with_checkpoint_spec(cfg: ExportConfig) -> ExportConfig:
+    """`cfg` with the model, class count, input size and kwargs of its checkpoint's spec record
+    filled in; explicit values must agree with the record."""
+    if not cfg.checkpoint:
+        return cfg
+    ck = read_checkpoint(cfg.checkpoint)
+    if ck.model_spec is None:
+        if cfg.model is None:
+            raise InputError(f"{cfg.checkpoint} carries no model_spec: give MODEL")
+        return cfg
+    spec = normalize_record(ck.model_spec, cfg.checkpoint)
+    if cfg.model is not None and not same_model(cfg.model, spec["model"]):
+        raise InputError(f"checkpoint {cfg.checkpoint} holds a {spec['model']}, not {cfg.model}")
+    n = spec.get("num_classes")
+    if cfg.num_classes is not None and n is not None and cfg.num_classes != n:
+        raise InputError(f"checkpoint {cfg.checkpoint} has {n} classes, not --num-classes {cfg.num_classes}")
+    kwargs = dict(spec["kwargs"])
+    for k, v in cfg.model_kwargs.items():
+        if k in kwargs and kwargs[k] != v:
+            raise InputError(f"checkpoint {cfg.checkpoint} was built with {k}={kwargs[k]!r}, not {v!r}")
+    kwargs.update(cfg.model_kwargs)
+    size = tuple(spec["input_size"][1:])
+    return dataclasses.replace(cfg, model=cfg.model or spec["model"],
+                               num_classes=n if cfg.num_classes is None else cfg.num_classes,
+                               input_size=size if cfg.input_size is None else cfg.input_size, model_kwargs=kwargs)
+
+
+def _model(cfg: ExportConfig):
+    """(module, plan or None, (C, H, W)) for the export."""
+    spec = None
+    if cfg.checkpoint:
+        loaded = load_model(cfg.checkpoint, model=cfg.model, input_size=cfg.input_size,
+                            model_kwargs=cfg.model_kwargs, num_classes=cfg.num_classes)
+        module, plan, spec_chw = loaded.module, loaded.plan, tuple(loaded.spec["input_size"])
+    else:
+        module, spec = create_model(cfg.model, num_classes=cfg.num_classes, input_size=cfg.input_size,
+                                    **cfg.model_kwargs)
+        plan, spec_chw = None, tuple(spec.input_size)
+    chw = spec_chw if cfg.input_size is None else (spec_chw[0], *cfg.input_size)
+    check_input_size(module, spec, chw)
+    return module.eval(), plan, chw
+
+
+def export(cfg: ExportConfig) -> ExportResult:
+    """Export (and merge, verify, write) the model `cfg` describes (see the module docstring).
+
+    Raises:
+        InputError, UnsupportedError, VerificationError: nothing is written in any of these cases.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    cfg = with_checkpoint_spec(cfg)
+    module, plan, chw = _model(cfg)
+    input_shape = (cfg.batch, *chw)
+    if plan is not None:
+        if cfg.blocks or cfg.prune:
+            raise InputError("the checkpoint already carries a prune plan; drop --blocks/--prune")
+        if plan.is_drop:  # the blocks are gone: nothing left to merge
+            chosen, rule = [], f"dropped blocks {plan.blocks} ({plan.selection_rule})"
+        else:
+            chosen, rule = list(plan.blocks), plan.selection_rule
+    elif cfg.blocks:
+        chosen, rule = list(cfg.blocks), "manual"
+    elif cfg.prune:
+        chosen, rule = select_blocks(module, find_blocks(module, input_shape), cfg.prune, input_shape)
+    else:
+        chosen, rule = [], "none"
+    weights = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"random (seed {cfg.seed})"
+    result = export_module(module, input_shape, chosen, out=cfg.out, optimize=cfg.optimize, verify=cfg.verify,
+                           polish=cfg.polish, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, weights=weights,
+                           randomize_norms=None if cfg.checkpoint else cfg.seed, already_pruned=plan is not None,
+                           selection_rule=rule, model_label=cfg.model, model_kwargs=cfg.model_kwargs)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+__all__ = ["export", "with_checkpoint_spec"]

@@ -1,0 +1,15 @@
+"""`updp optimize`: updp's passes on any ONNX file, verified before anything is written."""
+
+from __future__ import annotations
+
+from updp.exporter.optimize import OptimizedFile, optimize_file
+from updp.workflows.config import OptimizeConfig
+
+
+def optimize(cfg: OptimizeConfig) -> OptimizedFile:
+    """Fold norms, merge linear chains, verify against the input, write `cfg.out` atomically."""
+    return optimize_file(cfg.input, cfg.out, verify=cfg.verify, polish=cfg.polish,
+                         fold_layernorm_affine=cfg.fold_layernorm)
+
+
+__all__ = ["optimize"]

@@ -1,0 +1,109 @@
+"""From names and files to objects: the one place that turns a checkpoint path into a model, and a
+`--data` spec into the dataset a model was trained for.
+
+Every workflow that reads a checkpoint goes through `load_model`, so the rules are the same for
+`updp search`, `updp prune`, `updp export`, `updp eval` and `updp run`:
+
+* a checkpoint of updp records its model (`model_spec`): no name is needed, and a name that is
+  given must be the same model;
+* a plain state dict (timm/torchvision, `{'state_dict': ...}`, `.safetensors`, ...) needs the
+  model name, and is built with the given class count, input size and constructor arguments;
+* a pruned checkpoint carries its plan, which is applied (checked against the model first)
+  before the weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from updp.blocks.plan import PrunePlan
+from updp.core.errors import InputError
+from updp.data import DataBundle, get_datasets
+from updp.models.checkpoint import Checkpoint, load_state, read_checkpoint
+from updp.models.zoo import create_from_record, create_model, normalize_input_size, normalize_record, same_model
+from updp.models.zoo import spec_record as make_spec_record
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint.
+
+    Attributes:
+        module: the model in eval mode, its plan (pruning or dropping) applied, weights loaded.
+        spec: its spec record (the checkpoint's, or one made from the arguments for a plain state dict).
+        plan: the `PrunePlan` it carried, or None.
+        checkpoint: the checkpoint as read.
+    """
+
+    module: nn.Module
+    spec: dict[str, Any]
+    plan: PrunePlan | None
+    checkpoint: Checkpoint
+
+
+def load_model(path: str, *, model: str | None = None, input_size: tuple[int, int] | None = None,
+               model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None,
+               name_hint: str = "give the model name (--model)") -> LoadedModel:
+    """Rebuild the model of a checkpoint (see the module docstring).
+
+    Args:
+        path: the checkpoint.
+        model: the model name; required for a plain state dict, checked against a updp checkpoint.
+        input_size, model_kwargs, num_classes: how to build the model of a plain state dict (the
+            class count is checked against a updp checkpoint when given).
+        name_hint: what the error says to do when a plain state dict comes without a model name.
+
+    Raises:
+        InputError: unreadable file, another architecture, a missing model name, a plan that does
+            not fit, weights that do not fit.
+    """
+    ck = read_checkpoint(path)
+    if ck.model_spec is not None:
+        spec = normalize_record(ck.model_spec, path)
+        if model is not None and not same_model(model, spec["model"]):
+            raise InputError(f"checkpoint {path} holds a {spec['model']}, not {model}")
+        if num_classes is not None and spec.get("num_classes") not in (None, num_classes):
+            raise InputError(f"checkpoint {path} has {spec.get('num_classes')} classes, not {num_classes}")
+        module = create_from_record(spec)
+    else:
+        if model is None:
+            raise InputError(f"{path} carries no model_spec (it was not written by updp train/prune): {name_hint}")
+        chw = normalize_input_size(input_size) if input_size is not None else None
+        module, built = create_model(model, num_classes=num_classes, input_size=chw, **dict(model_kwargs or {}))
+        spec = make_spec_record(built, chw or built.input_size)
+    plan = None
+    if ck.plan is not None:
+        plan = PrunePlan.from_dict(ck.plan)
+        plan.apply(module, model_name=spec["model"])
+    load_state(module, ck.state_dict, path)
+    return LoadedModel(module=module.eval(), spec=spec, plan=plan, checkpoint=ck)
+
+
+def load_baseline(path: str, *, model: str | None = None, what: str = "pruning",
+                  name_hint: str = "give the model name (--model)") -> LoadedModel:
+    """`load_model` for a step that starts from the unpruned baseline: a pruned checkpoint is refused."""
+    loaded = load_model(path, model=model, name_hint=name_hint)
+    if loaded.plan is not None:
+        raise InputError(f"{path} is already pruned (it carries a plan for blocks {loaded.plan.blocks}); "
+                         f"{what} starts from the baseline checkpoint")
+    return loaded
+
+
+def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:
+    """The dataset `data`, served at the input size the model was trained at, checked against its
+    class count.
+
+    Raises:
+        InputError: an unknown or missing dataset, or one with another class count.
+    """
+    bundle = get_datasets(data, tuple(spec["input_size"][1:]), split_seed=split_seed)
+    n = spec.get("num_classes")
+    if n is not None and n != bundle.num_classes:
+        raise InputError(f"the model has {n} classes, the data ({data}) has {bundle.num_classes}")
+    return bundle
+
+
+__all__ = ["LoadedModel", "data_for", "load_baseline", "load_model"]
