@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from updp.data import get_datasets, stratified_split
 from updp.core.errors import InputError
+from updp.data import get_datasets, stratified_split
 
 
 def _ids(ds) -> set[int]:

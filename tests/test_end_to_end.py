@@ -11,7 +11,10 @@ import onnx
 import pytest
 import torch
 
-from updp.api import ExportOptions, export_model, export_module
+from updp.core.constants import DEFAULT_OPSET
+from updp.exporter import export_module
+from updp.workflows.config import ExportConfig
+from updp.workflows.export import export
 
 CASES = [
     # (model spec, input size, model kwargs, blocks)
@@ -30,10 +33,10 @@ CASES = [
 @pytest.mark.parametrize("spec,size,kwargs,blocks", CASES, ids=[f"{c[0]}-{c[3]}" for c in CASES])
 def test_prune_export_merge_verify(tmp_path, spec, size, kwargs, blocks):
     out = tmp_path / "m.onnx"
-    res = export_model(ExportOptions(model=spec, blocks=blocks, input_size=size, model_kwargs=kwargs), out=out)
+    res = export(ExportConfig(model=spec, blocks=blocks, input_size=size, model_kwargs=kwargs, out=str(out)))
     assert out.exists()
     assert res.max_abs_diff is not None and res.rel_diff <= 1e-4
-    base = export_model(ExportOptions(model=spec, input_size=size, model_kwargs=kwargs), out=tmp_path / "base.onnx")
+    base = export(ExportConfig(model=spec, input_size=size, model_kwargs=kwargs, out=str(tmp_path / "base.onnx")))
     # Pruned + merged is smaller than the unpruned model in every family.
     assert res.nodes_after < base.nodes_after, (base.ops_after, res.ops_after)
     if "resnet" in spec:
@@ -54,7 +57,9 @@ def test_torchvision_vit_tiny_config(tmp_path):
     torch.manual_seed(0)
     vit = VisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64,
                             num_classes=10)
-    res = export_module(vit, (1, 3, 32, 32), [0, 2], out=tmp_path / "vit.onnx", model_label="tv-vit-tiny")
+    res = export_module(vit, (1, 3, 32, 32), [0, 2], out=tmp_path / "vit.onnx", optimize=True, verify=True,
+                        polish=True, opset=DEFAULT_OPSET, dynamic_batch=False, weights="random (seed 0)",
+                        randomize_norms=0, model_label="tv-vit-tiny")
     assert res.rel_diff <= 1e-4
     assert res.nodes_after < res.nodes_before
     # The pruned MLPs and their residuals fold into one MatMul each (+ bias): 2 MatMuls fewer per block.
@@ -64,8 +69,8 @@ def test_torchvision_vit_tiny_config(tmp_path):
 
 def test_convnext_pruned_block_merges_to_dw_plus_pw(tmp_path):
     """The planner's form for a ConvNeXt block: DW 7x7 + one C x C pointwise conv, never a dense 7x7."""
-    res = export_model(ExportOptions(model="timm:convnext_atto", blocks=[2], input_size=(64, 64)),
-                       out=tmp_path / "m.onnx")
+    res = export(ExportConfig(model="timm:convnext_atto", blocks=[2], input_size=(64, 64),
+                              out=str(tmp_path / "m.onnx")))
     model = onnx.load(str(tmp_path / "m.onnx"))
     inits = {i.name: i for i in model.graph.initializer}
     block_convs = [n for n in model.graph.node if n.op_type == "Conv" and "/stages.1/blocks/blocks.0/" in n.name]
@@ -75,8 +80,8 @@ def test_convnext_pruned_block_merges_to_dw_plus_pw(tmp_path):
 
 
 def test_dynamic_batch_export(tmp_path):
-    res = export_model(ExportOptions(model="timm:convnext_atto", blocks=[0], input_size=(32, 32), dynamic_batch=True,
-                                     batch=2), out=tmp_path / "m.onnx")
+    res = export(ExportConfig(model="timm:convnext_atto", blocks=[0], input_size=(32, 32), dynamic_batch=True,
+                              batch=2, out=str(tmp_path / "m.onnx")))
     model = onnx.load(str(tmp_path / "m.onnx"))
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch"

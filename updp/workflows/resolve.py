@@ -46,7 +46,7 @@ class LoadedModel:
 
 def load_model(path: str, *, model: str | None = None, input_size: tuple[int, int] | None = None,
                model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None,
-               name_hint: str = "give the model name (--model)") -> LoadedModel:
+               name_hint: str = "give the model name (--model)", baseline_for: str | None = None) -> LoadedModel:
     """Rebuild the model of a checkpoint (see the module docstring).
 
     Args:
@@ -55,12 +55,18 @@ def load_model(path: str, *, model: str | None = None, input_size: tuple[int, in
         input_size, model_kwargs, num_classes: how to build the model of a plain state dict (the
             class count is checked against a updp checkpoint when given).
         name_hint: what the error says to do when a plain state dict comes without a model name.
+        baseline_for: the step that needs the unpruned baseline (e.g. "pruning"): a pruned
+            checkpoint is then refused, before anything is built.
 
     Raises:
         InputError: unreadable file, another architecture, a missing model name, a plan that does
             not fit, weights that do not fit.
     """
     ck = read_checkpoint(path)
+    if baseline_for is not None and ck.plan is not None:
+        blocks = ck.plan.get("blocks")
+        raise InputError(f"{path} is a pruned checkpoint (it carries a prune plan for blocks {blocks}); "
+                         f"{baseline_for} starts from the unpruned baseline")
     if ck.model_spec is not None:
         spec = normalize_record(ck.model_spec, path)
         if model is not None and not same_model(model, spec["model"]):
@@ -85,11 +91,7 @@ def load_model(path: str, *, model: str | None = None, input_size: tuple[int, in
 def load_baseline(path: str, *, model: str | None = None, what: str = "pruning",
                   name_hint: str = "give the model name (--model)") -> LoadedModel:
     """`load_model` for a step that starts from the unpruned baseline: a pruned checkpoint is refused."""
-    loaded = load_model(path, model=model, name_hint=name_hint)
-    if loaded.plan is not None:
-        raise InputError(f"{path} is already pruned (it carries a plan for blocks {loaded.plan.blocks}); "
-                         f"{what} starts from the baseline checkpoint")
-    return loaded
+    return load_model(path, model=model, name_hint=name_hint, baseline_for=what)
 
 
 def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import pytest
 
-from updp.api import ExportOptions, export_model
 from updp.cli import main
 from updp.core.errors import InputError
-from updp.pruning.progressive import prune_checkpoint
-from updp.pruning.train import TrainConfig, evaluate_file
+from updp.workflows.config import EvalConfig, ExportConfig, PruneConfig
+from updp.workflows.evaluate import evaluate
+from updp.workflows.export import export
+from updp.workflows.prune import prune
 
 SMALL = ["--model-kwarg", "dims=[16,32,48,64]"]  # atto's depths, thinner (fast CPU steps)
 TINY = ["--data", "digits", "--batch-size", "32", "--max-steps-per-epoch", "4", "--no-progress"]
@@ -25,20 +26,19 @@ TINY = ["--data", "digits", "--batch-size", "32", "--max-steps-per-epoch", "4", 
 def pruned(tmp_path_factory):
     d = tmp_path_factory.mktemp("eval")
     assert main(["-q", "train", "convnext_atto", *SMALL, "--epochs", "1", "--out", str(d / "base.pt"), *TINY]) == 0
-    prune_checkpoint(str(d / "base.pt"), "digits", blocks=[2, 9],
-                     train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=4, progress=False,
-                                       out=str(d / "p.pt")))
+    prune(PruneConfig(checkpoint=str(d / "base.pt"), data="digits", blocks=[2, 9], epochs=1, batch_size=32,
+                      max_steps_per_epoch=4, progress=False, out=str(d / "p.pt")))
     return d
 
 
 @pytest.mark.parametrize("batch, dynamic", [(1, False), (4, False), (1, True)])
 def test_checkpoint_and_onnx_accuracy_match(pruned, batch, dynamic):
     onnx_path = pruned / f"p_b{batch}{'d' if dynamic else ''}.onnx"
-    res = export_model(ExportOptions(model="convnext_atto", checkpoint=str(pruned / "p.pt"), batch=batch,
-                                     dynamic_batch=dynamic), out=onnx_path)
+    res = export(ExportConfig(model="convnext_atto", checkpoint=str(pruned / "p.pt"), batch=batch,
+                              dynamic_batch=dynamic, out=str(onnx_path)))
     assert res.pruned_blocks == [2, 9] and res.max_abs_diff < 1e-4
-    torch_r = evaluate_file(str(pruned / "p.pt"), "digits")
-    onnx_r = evaluate_file(str(onnx_path), "digits", batch_size=64)
+    torch_r = evaluate(EvalConfig(file=str(pruned / "p.pt"), data="digits"))
+    onnx_r = evaluate(EvalConfig(file=str(onnx_path), data="digits", batch_size=64))
     assert torch_r["n"] == onnx_r["n"] == 359  # static batch 4: the padded last chunk is discarded
     assert abs(round(torch_r["acc"] * 359) - round(onnx_r["acc"] * 359)) <= 1
     assert onnx_r["loss"] == pytest.approx(torch_r["loss"], abs=1e-4)
@@ -47,13 +47,13 @@ def test_checkpoint_and_onnx_accuracy_match(pruned, batch, dynamic):
 
 def test_eval_errors(pruned, tmp_path, capsys):
     with pytest.raises(InputError, match="not found"):
-        evaluate_file(str(tmp_path / "none.onnx"), "digits")
+        evaluate(EvalConfig(file=str(tmp_path / "none.onnx"), data="digits"))
     with pytest.raises(InputError, match="checkpoint not found"):
-        evaluate_file(str(tmp_path / "none.pt"), "digits")
+        evaluate(EvalConfig(file=str(tmp_path / "none.pt"), data="digits"))
     onnx_path = pruned / "p_b1.onnx"
     if onnx_path.exists():  # the file takes 32x32: serving 16x16 is refused
         with pytest.raises(InputError, match="takes inputs"):
-            evaluate_file(str(onnx_path), "digits", input_size=(16, 16))
+            evaluate(EvalConfig(file=str(onnx_path), data="digits", input_size=(16, 16)))
     assert main(["eval", str(tmp_path / "none.onnx"), "--data", "digits"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 

@@ -55,7 +55,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     steps = {"max_steps_per_epoch": 2, "batch_size": 32, "progress": False, "device": "cpu"}
     shim = types.SimpleNamespace(
         train=_tiny(updp.train, model_kwargs={"dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1]}, **steps),
-        search=_tiny(updp.search, max_evals=4, n_random=1, calib_batches=1, bench_repeats=5, profile_rounds=2,
+        search=_tiny(updp.search, max_evals=4, random_picks=1, calib_batches=1, bench_repeats=5, profile_rounds=2,
                      **steps),
         prune=_tiny(updp.prune, calib_batches=1, **steps),
         export=updp.export, evaluate=_tiny(updp.evaluate),

@@ -9,7 +9,7 @@ import pytest
 import timm
 import torch
 
-from updp.pruning import apply_pruning, calibrate_bn, randomize_norm_stats
+from updp.blocks import apply_pruning, calibrate_bn, randomize_norm_stats
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter is deprecated

@@ -1,4 +1,5 @@
-"""Progressive subnet training (UPDP step 3) end to end through the CLI, its ablations, bad input.
+"""`updp prune`: progressive subnet training (UPDP step 3) end to end through the CLI and the
+workflow, its ablations, bad input, and the split seed it trains on.
 
 Runs are tiny (a few steps on the bundled 8x8 digits at 32x32): they check the plumbing and the
 exact λ = 1 end state, not accuracy.
@@ -12,12 +13,15 @@ import onnx
 import pytest
 import torch
 
+from updp.accuracy import module_accuracy
+from updp.blocks import PrunePlan, drop_blocks, find_blocks
 from updp.cli import main
 from updp.core.errors import InputError, UnsupportedError
+from updp.data import get_datasets
 from updp.models import create_model
-from updp.pruning import PrunePlan, find_blocks
-from updp.pruning.progressive import PruneConfig, drop_blocks, prune_checkpoint
-from updp.pruning.train import TrainConfig, load_trained
+from updp.workflows.config import PruneConfig
+from updp.workflows.prune import prune
+from updp.workflows.resolve import load_model
 
 SMALL = ["--model-kwarg", "dims=[16,32,48,64]"]  # atto's depths, thinner (fast CPU steps)
 TINY = ["--data", "digits", "--batch-size", "32", "--max-steps-per-epoch", "3", "--no-progress"]
@@ -29,6 +33,11 @@ def base(tmp_path_factory):
     path = d / "base.pt"
     assert main(["-q", "train", "convnext_atto", *SMALL, "--epochs", "1", "--out", str(path), *TINY]) == 0
     return path
+
+
+def _cfg(checkpoint, out, **kw) -> PruneConfig:
+    return PruneConfig(**{"checkpoint": str(checkpoint), "data": "digits", "out": str(out), "epochs": 1,
+                          "batch_size": 32, "progress": False, **kw})
 
 
 def _lams(ck) -> list[float]:
@@ -72,12 +81,11 @@ def test_plan_file_abrupt_and_schedule_options(tmp_path, base):
 
 def test_step_schedule_api_ramp_reaches_one(tmp_path, base):
     seen = []
-    res = prune_checkpoint(str(base), "digits", blocks=[1], prune=PruneConfig(schedule="step", ramp_fraction=1.0),
-                           train=TrainConfig(epochs=2, batch_size=32, max_steps_per_epoch=2, progress=False,
-                                             out=str(tmp_path / "s.pt")))
+    res = prune(_cfg(base, tmp_path / "s.pt", blocks=[1], schedule="step", ramp_fraction=1.0, epochs=2,
+                     max_steps_per_epoch=2))
     seen = [h["lam"] for h in res.train.history]
     assert seen[-1] == 1.0 and seen[0] < 1.0
-    loaded = load_trained(str(tmp_path / "s.pt"))
+    loaded = load_model(str(tmp_path / "s.pt"))
     assert loaded.plan.blocks == [1]
 
 
@@ -88,7 +96,7 @@ def test_drop_ablation_exports_a_shallower_model(tmp_path, base, capsys):
     ck = torch.load(out, weights_only=True)
     assert ck["plan"]["block_options"] == {"drop": True}
     assert not any(k.startswith("stages.0.blocks.1.") for k in ck["model"])
-    loaded = load_trained(str(out))
+    loaded = load_model(str(out))
     assert len(find_blocks(loaded.module)) == 10
     onnx_out = tmp_path / "drop.onnx"
     assert main(["-q", "export", "timm:convnext_atto", "--checkpoint", str(out), "--out", str(onnx_out)]) == 0
@@ -108,9 +116,7 @@ def test_vit_tiny_via_api(tmp_path):
     base = tmp_path / "vit.pt"
     assert main(["-q", "train", "vit_tiny_patch16_224", "--model-kwarg", "patch_size=4", "--model-kwarg", "depth=2",
                  "--epochs", "1", "--out", str(base), *TINY]) == 0
-    res = prune_checkpoint(str(base), "digits", blocks=[1],
-                           train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2, progress=False,
-                                             out=str(tmp_path / "vitp.pt")))
+    res = prune(_cfg(base, tmp_path / "vitp.pt", blocks=[1], max_steps_per_epoch=2))
     assert res.plan.model_kwargs["img_size"] == 32 and res.plan.model_kwargs["patch_size"] == 4
     assert main(["-q", "export", "vit_tiny_patch16_224", "--checkpoint", str(tmp_path / "vitp.pt"),
                  "--out", str(tmp_path / "vit.onnx")]) == 0
@@ -143,14 +149,14 @@ def test_export_with_wrong_model_name(tmp_path, base, capsys):
 
 def test_plan_naming_missing_or_other_blocks(tmp_path, base):
     bad = PrunePlan(model="convnext_atto", input_size=(3, 32, 32), blocks=[40])
-    with pytest.raises(InputError, match="names block 40"):
-        prune_checkpoint(str(base), "digits", plan=bad, train=TrainConfig(epochs=1, progress=False))
+    with pytest.raises(InputError, match="block 40 does not exist"):
+        prune(_cfg(base, tmp_path / "x.pt", plan=bad))
     wrong = PrunePlan(model="convnext_atto", input_size=(3, 32, 32), blocks=[2], block_names=["stages.0.blocks.0"])
     with pytest.raises(InputError, match="block 2 is 'stages.1.blocks.0'"):
-        prune_checkpoint(str(base), "digits", plan=wrong, train=TrainConfig(epochs=1, progress=False))
+        prune(_cfg(base, tmp_path / "x.pt", plan=wrong))
     other = PrunePlan(model="resnet18", input_size=(3, 32, 32), blocks=[1])
     with pytest.raises(InputError, match="plan is for resnet18"):
-        prune_checkpoint(str(base), "digits", plan=other, train=TrainConfig(epochs=1, progress=False))
+        prune(_cfg(base, tmp_path / "x.pt", plan=other))
 
 
 def test_class_count_mismatch(tmp_path, base):
@@ -162,12 +168,27 @@ def test_class_count_mismatch(tmp_path, base):
             for i in range(4):
                 Image.new("RGB", (32, 32), (i * 40, 0, 0)).save(tmp_path / split / c / f"{i}.png")
     with pytest.raises(InputError, match="10 classes, the data .* has 3"):
-        prune_checkpoint(str(base), f"imagefolder:{tmp_path}", blocks=[1], train=TrainConfig(epochs=1, progress=False))
+        prune(_cfg(base, tmp_path / "x.pt", data=f"imagefolder:{tmp_path}", blocks=[1]))
 
 
 def test_pruned_checkpoint_cannot_be_pruned_again(tmp_path, base):
     out = tmp_path / "p.pt"
-    prune_checkpoint(str(base), "digits", blocks=[1], train=TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=1,
-                                                                         progress=False, out=str(out)))
-    with pytest.raises(InputError, match="already pruned"):
-        prune_checkpoint(str(out), "digits", blocks=[2], train=TrainConfig(epochs=1, progress=False))
+    prune(_cfg(base, out, blocks=[1], max_steps_per_epoch=1))
+    with pytest.raises(InputError, match="is a pruned checkpoint"):
+        prune(_cfg(out, tmp_path / "again.pt", blocks=[2]))
+
+
+def test_the_split_seed_is_the_one_the_data_is_split_with(tmp_path, base, capsys):
+    """`updp prune --split-seed N` trains and validates on the split of seed N (it was parsed and
+    then dropped: the pruned model trained on the seed-0 split while the baseline and the search
+    used seed N)."""
+    baseline = load_model(str(base)).module
+    accs = {seed: module_accuracy(baseline, get_datasets("digits", 32, split_seed=seed).val)["acc"]
+            for seed in (0, 3)}
+    assert accs[0] != accs[3]  # the two splits are told apart by the baseline's val accuracy
+    assert main(["prune", "--checkpoint", str(base), "--blocks", "1", "--epochs", "1", "--split-seed", "3",
+                 "--out", str(tmp_path / "s3.pt"), "--json", *TINY]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["baseline"]["acc"] == accs[3]
+    api = prune(_cfg(base, tmp_path / "a.pt", blocks=[1], split_seed=3, max_steps_per_epoch=1))
+    assert api.baseline["acc"] == accs[3]

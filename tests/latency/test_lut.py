@@ -9,7 +9,7 @@ import timm
 
 from updp.core.errors import InputError
 from updp.latency import LatencySetup
-from updp.pruning.latency_lut import BlockLatency, LatencyLUT, build_lut
+from updp.latency.lut import BlockLatency, LatencyLUT, build_lut
 
 
 def _toy() -> LatencyLUT:

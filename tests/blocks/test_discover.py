@@ -10,8 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from updp.core.errors import InputError, UnsupportedError
-from updp.pruning import (
+from updp.blocks import (
     BlockHandler,
     PrunedBlock,
     PrunePlan,
@@ -23,7 +22,8 @@ from updp.pruning import (
     register_block,
     set_lam,
 )
-from updp.pruning.modules import LambdaAct
+from updp.blocks.modules import LambdaAct
+from updp.core.errors import InputError, UnsupportedError
 
 
 def test_find_blocks_convnext_atto():

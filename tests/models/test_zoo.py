@@ -1,4 +1,4 @@
-"""Model creation by spec, checkpoint loading errors, input-size checks."""
+"""Model creation by spec, input-size checks, spec records."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from updp.core.errors import InputError
-from updp.models import check_input_size, create_model, load_checkpoint, parse_spec
+from updp.models import (
+    check_input_size,
+    create_for_data,
+    create_from_record,
+    create_model,
+    normalize_record,
+    parse_spec,
+    same_model,
+)
 
 
 def test_parse_spec():
@@ -58,44 +66,35 @@ def test_check_input_size_too_small():
         check_input_size(m, spec, 8)
 
 
-@pytest.fixture(scope="module")
-def saved(tmp_path_factory):
-    d = tmp_path_factory.mktemp("ckpt")
-    m, _ = create_model("mobilenetv2_035", num_classes=10)
-    torch.save(m.state_dict(), d / "raw.pt")
-    torch.save({"model": m.state_dict(), "epoch": 3}, d / "wrapped.pt")
-    (d / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    torch.save([1, 2, 3], d / "list.pt")
-    return d, m.state_dict()
+def test_spec_record_rebuilds_the_same_model():
+    m, rec = create_for_data("vit_tiny_patch16_224", num_classes=10, input_chw=(3, 32, 32),
+                             model_kwargs={"patch_size": 8, "depth": 1}, seed=3)
+    assert rec["model"] == "timm:vit_tiny_patch16_224" and rec["input_size"] == [3, 32, 32]
+    assert rec["num_classes"] == 10 and "num_classes" not in rec["kwargs"]
+    again = create_from_record(rec)
+    assert set(again.state_dict()) == set(m.state_dict())
+    assert again(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
-@pytest.mark.parametrize("name", ["raw.pt", "wrapped.pt"])
-def test_load_checkpoint_weights_only(saved, name):
-    d, sd = saved
-    m, _ = create_model("mobilenetv2_035", num_classes=10)
-    load_checkpoint(m, d / name)
-    assert all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+def test_create_for_data_seeds_the_initial_weights_without_touching_the_global_rng():
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a, _ = create_for_data("resnet18", num_classes=3, input_chw=(3, 32, 32), seed=1)
+    after = torch.rand(1)
+    b, _ = create_for_data("resnet18", num_classes=3, input_chw=(3, 32, 32), seed=1)
+    c, _ = create_for_data("resnet18", num_classes=3, input_chw=(3, 32, 32), seed=2)
+    assert torch.equal(before, after)
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert not all(torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
 
 
-@pytest.mark.parametrize("spec, kwargs, match", [
-    ("mobilenetv2_035", {}, "has 10 classes, the model has 1000.*num_classes=10"),
-    ("mobilenetv2_050", {"num_classes": 10}, "shape mismatch"),
-    ("resnet18", {"num_classes": 10}, "missing key"),
-])
-def test_load_checkpoint_wrong_architecture(saved, spec, kwargs, match):
-    d, _ = saved
-    m, _ = create_model(spec, **kwargs)
-    with pytest.raises(InputError, match=match) as e:
-        load_checkpoint(m, d / "raw.pt")
-    assert "\n" not in str(e.value)
-
-
-@pytest.mark.parametrize("name, match", [("garbage.pt", "cannot read checkpoint"),
-                                         ("missing.pt", "checkpoint not found"),
-                                         ("list.pt", "not a state dict")])
-def test_load_checkpoint_bad_file(saved, name, match):
-    d, _ = saved
-    m, _ = create_model("mobilenetv2_035", num_classes=10)
-    with pytest.raises(InputError, match=match) as e:
-        load_checkpoint(m, d / name)
-    assert "\n" not in str(e.value)
+def test_normalize_record_accepts_both_forms_and_refuses_incomplete_ones():
+    full = normalize_record({"source": "timm", "name": "resnet18", "input_size": [3, 8, 8],
+                             "kwargs": {"num_classes": 3}, "num_classes": 3}, "x.pt")
+    assert full["model"] == "timm:resnet18" and full["kwargs"] == {}
+    assert same_model(normalize_record({"model": "resnet18", "input_size": [3, 8, 8]}, "x.pt")["model"], "resnet18")
+    with pytest.raises(InputError, match="names no model"):
+        normalize_record({"input_size": [3, 8, 8]}, "x.pt")
+    with pytest.raises(InputError, match="no input_size"):
+        normalize_record({"model": "resnet18"}, "x.pt")

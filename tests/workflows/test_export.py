@@ -8,12 +8,13 @@ import onnx
 import pytest
 import torch
 
-from updp.api import ExportOptions, export_model
+from updp.blocks import PrunePlan, apply_pruning, randomize_norm_stats
 from updp.cli import main
 from updp.core.errors import InputError
 from updp.models import create_model
 from updp.ort import make_session
-from updp.pruning import PrunePlan, apply_pruning, randomize_norm_stats
+from updp.workflows.config import ExportConfig
+from updp.workflows.export import export
 
 SIZE = (32, 32)
 
@@ -31,8 +32,8 @@ def atto_checkpoint(tmp_path_factory):
 def test_plain_checkpoint_weights_reach_the_onnx_file(tmp_path, atto_checkpoint):
     path, model = atto_checkpoint
     out = tmp_path / "m.onnx"
-    res = export_model(ExportOptions(model="timm:convnext_atto", checkpoint=str(path), num_classes=10,
-                                     input_size=SIZE), out=out)
+    res = export(ExportConfig(model="timm:convnext_atto", checkpoint=str(path), num_classes=10,
+                                     input_size=SIZE, out=str(out)))
     assert res.pruned_blocks == [] and "checkpoint" in res.weights
     x = np.random.default_rng(0).standard_normal((1, 3, *SIZE)).astype(np.float32)
     with torch.no_grad():
@@ -50,8 +51,8 @@ def test_pruned_checkpoint_carries_its_plan(tmp_path):
                      selection_rule="test")
     ckpt = tmp_path / "pruned.pt"
     torch.save({"model": model.state_dict(), "plan": plan.to_dict()}, ckpt)
-    res = export_model(ExportOptions(model="timm:convnext_atto", checkpoint=str(ckpt), num_classes=10,
-                                     input_size=SIZE), out=tmp_path / "p.onnx")
+    res = export(ExportConfig(model="timm:convnext_atto", checkpoint=str(ckpt), num_classes=10,
+                                     input_size=SIZE, out=str(tmp_path / "p.onnx")))
     assert res.pruned_blocks == [1, 4] and res.selection_rule == "test"
     assert res.rel_diff <= 1e-4 and res.nodes_after < res.nodes_before
     meta = {p.key: p.value for p in onnx.load(str(tmp_path / "p.onnx")).metadata_props}
@@ -68,15 +69,16 @@ def test_checkpoint_of_another_architecture(tmp_path):
     assert code == 2 and not out.exists()
 
 
-def test_checkpoint_with_another_class_count(atto_checkpoint):
+def test_checkpoint_with_another_class_count(atto_checkpoint, tmp_path):
     path, _ = atto_checkpoint
     with pytest.raises(InputError, match="10 classes"):
-        export_model(ExportOptions(model="timm:convnext_atto", checkpoint=str(path), num_classes=7,
-                                   input_size=SIZE))
+        export(ExportConfig(model="timm:convnext_atto", checkpoint=str(path), num_classes=7,
+                                   input_size=SIZE, out=str(tmp_path / "unused.onnx")))
 
 
 def test_garbage_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="cannot read checkpoint"):
-        export_model(ExportOptions(model="timm:convnext_atto", checkpoint=str(bad), input_size=SIZE))
+        export(ExportConfig(model="timm:convnext_atto", checkpoint=str(bad), input_size=SIZE,
+                            out=str(tmp_path / "unused.onnx")))

@@ -7,10 +7,10 @@ import timm
 import torch
 from torch.utils.data import TensorDataset
 
-from updp.data import DataBundle
+from updp.blocks import find_blocks
 from updp.core.errors import InputError, UnsupportedError
-from updp.pruning import find_blocks
-from updp.pruning.supernet import (
+from updp.data import DataBundle
+from updp.training.supernet import (
     BASE,
     PRUNED,
     SubnetSampler,
@@ -21,13 +21,12 @@ from updp.pruning.supernet import (
     calibrate_supernet,
     frozen_copy,
     k_range_for_target,
-    load_baseline,
-    load_supernet,
     set_subnet,
     shared_parameter_report,
     supernet_blocks,
     train_supernet,
 )
+from updp.workflows.search import load_supernet
 
 SIZE = 32
 
@@ -139,7 +138,8 @@ def test_train_supernet_samples_every_step(tmp_path):
     orig_sample = sampler.sample
     object.__setattr__(sampler, "sample", lambda step: seen.append(step) or orig_sample(step))
     cfg = SupernetConfig(epochs=1, batch_size=16, max_steps_per_epoch=3, calib_batches=2, progress=False,
-                         device="cpu", out=str(tmp_path / "sn.pt"), lr=1e-4)
+                         device="cpu", out=str(tmp_path / "sn.pt"), lr=1e-4, weight_decay=0.05, warmup_epochs=0.5,
+                         label_smoothing=0.1, kd_alpha=0.5, kd_temperature=1.0)
     spec = {"model": "timm:convnext_atto", "kwargs": {"depths": [1, 1, 2, 1]}, "num_classes": 4,
             "input_size": [3, SIZE, SIZE]}
     summary = train_supernet(model, _bundle(), sampler, cfg, teacher=teacher, checkpoint_extra={"model_spec": spec})
@@ -148,8 +148,8 @@ def test_train_supernet_samples_every_step(tmp_path):
     assert summary.val_acc is not None and summary.seconds_per_epoch > 0
     # the calibrated end-of-block BNs are not the default statistics any more
     assert not torch.equal(supernet_blocks(model)[0].pruned.end_bn.running_var, torch.ones(40))
-    again, spec2, chw, rec = load_supernet(str(tmp_path / "sn.pt"))
-    assert chw == (3, SIZE, SIZE) and rec["candidates"] == list(range(5))
+    again, rec = load_supernet(str(tmp_path / "sn.pt"))
+    assert rec["candidates"] == list(range(5))
     for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -160,20 +160,3 @@ def test_calibrate_supernet_restores_active_subnet():
     set_subnet(model, [2])
     assert calibrate_supernet(model, [torch.randn(8, 3, SIZE, SIZE)]) == 1
     assert active_subnet(model) == (2,)
-
-
-def test_load_baseline(tmp_path):
-    model = _atto()
-    spec = {"model": "timm:convnext_atto", "kwargs": {"depths": [1, 1, 2, 1]}, "num_classes": 4,
-            "input_size": [3, SIZE, SIZE]}
-    torch.save({"model": model.state_dict(), "model_spec": spec, "plan": None}, tmp_path / "b.pt")
-    again, s, chw = load_baseline(str(tmp_path / "b.pt"))
-    assert chw == (3, SIZE, SIZE) and s["model"] == "timm:convnext_atto"
-    x = torch.randn(1, 3, SIZE, SIZE)
-    assert torch.equal(again(x), model(x))
-    torch.save({"model": model.state_dict()}, tmp_path / "nospec.pt")
-    with pytest.raises(InputError, match="no model_spec"):
-        load_baseline(str(tmp_path / "nospec.pt"))
-    torch.save({"model": model.state_dict(), "model_spec": spec, "plan": {"blocks": [1]}}, tmp_path / "p.pt")
-    with pytest.raises(InputError, match="pruned checkpoint"):
-        load_baseline(str(tmp_path / "p.pt"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from updp.core.errors import InputError
-from updp.pruning.schedule import KINDS, LambdaSchedule
+from updp.training.lambda_schedule import KINDS, LambdaSchedule
 
 
 @pytest.mark.parametrize("kind", KINDS)

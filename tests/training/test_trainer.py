@@ -5,24 +5,20 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 
 import pytest
 import torch
 
-from updp.data import get_datasets
+from updp.accuracy import module_accuracy
+from updp.blocks import apply_pruning, pruned_blocks, set_lam
 from updp.core.errors import InputError
-from updp.models import create_model
-from updp.pruning import apply_pruning, pruned_blocks, set_lam
-from updp.pruning.distill import DistillationLoss, kd_kl
-from updp.pruning.train import (
-    TrainConfig,
-    Trainer,
-    evaluate,
-    load_trained,
-    model_spec_dict,
-    state_hash,
-    warmup_cosine,
-)
+from updp.data import get_datasets
+from updp.models import create_for_data, create_model, spec_record
+from updp.training.distill import DistillationLoss, kd_kl
+from updp.training.lr_schedule import warmup_cosine
+from updp.training.trainer import Trainer, TrainerConfig, state_hash
+from updp.workflows.resolve import load_model
 
 SMALL_DIMS = (16, 32, 48, 64)  # convnext_atto's depths, thinner: the CPU depthwise backward dominates
 
@@ -52,10 +48,10 @@ def _pruned_setup():
 
 
 def _cfg(tmp_path, name, **kw):
-    base = dict(epochs=2, batch_size=32, max_steps_per_epoch=3, progress=False, kd_alpha=0.5, warmup_epochs=0.5,
-                out=str(tmp_path / name))
+    base = dict(epochs=2, batch_size=32, lr=2e-3, weight_decay=0.05, label_smoothing=0.1, max_steps_per_epoch=3,
+                progress=False, kd_alpha=0.5, warmup_epochs=0.5, out=str(tmp_path / name) if tmp_path else None)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainerConfig(**base)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tmp_path, digits):
@@ -90,7 +86,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, digits):
 
 def test_checkpoint_contents_are_weights_only_loadable(tmp_path, digits):
     m, spec, teacher, before = _pruned_setup()
-    ms = model_spec_dict(spec, (3, 32, 32))
+    ms = spec_record(spec, (3, 32, 32))
     log = tmp_path / "log.jsonl"
     Trainer(m, digits, _cfg(tmp_path, "c.pt", log_jsonl=str(log)), teacher=teacher, before_step=before,
             checkpoint_extra=lambda: {"model_spec": ms, "note": "x"}).fit()
@@ -107,15 +103,15 @@ def test_checkpoint_contents_are_weights_only_loadable(tmp_path, digits):
     assert {"lr", "train_loss", "train_acc", "val_loss", "val_acc", "lam", "seconds"} <= set(lines[0])
 
 
-def test_load_trained_refuses_pruned_weights_without_plan(tmp_path, digits):
+def test_load_model_refuses_pruned_weights_without_plan(tmp_path, digits):
     m, spec, teacher, before = _pruned_setup()
-    ms = model_spec_dict(spec, (3, 32, 32))
+    ms = spec_record(spec, (3, 32, 32))
     Trainer(m, digits, _cfg(tmp_path, "c.pt", epochs=1, max_steps_per_epoch=1, kd_alpha=0.0),
             checkpoint_extra=lambda: {"model_spec": ms}).fit()
     with pytest.raises(InputError, match="does not match the model architecture"):
-        load_trained(str(tmp_path / "c.pt"))
+        load_model(str(tmp_path / "c.pt"))
     with pytest.raises(InputError, match="holds a timm:convnext_atto"):
-        load_trained(str(tmp_path / "c.pt"), model="resnet18")
+        load_model(str(tmp_path / "c.pt"), model="resnet18")
 
 
 def test_before_step_rng_is_forked_and_step_seeded(tmp_path, digits):
@@ -154,18 +150,18 @@ def test_warmup_cosine():
     assert all(a >= b for a, b in zip(vals, vals[1:]))
 
 
-def test_evaluate_counts_every_sample(digits):
+def test_module_accuracy_counts_every_sample(digits):
     m, _ = _model()
-    r = evaluate(m, digits.val, batch_size=100)
+    r = module_accuracy(m, digits.val, batch_size=100)
     assert r["n"] == len(digits.val) and 0.0 <= r["acc"] <= 1.0 and math.isfinite(r["loss"])
     assert m.training is False or m.training is True  # mode restored (no exception)
 
 
 def test_config_and_trainer_errors(digits):
     with pytest.raises(InputError):
-        TrainConfig(epochs=0)
+        _cfg(None, "x", epochs=0, out=None)
     with pytest.raises(InputError, match="kd_alpha"):
-        Trainer(_model()[0], digits, TrainConfig(epochs=1, kd_alpha=0.5, progress=False))
+        Trainer(_model()[0], digits, _cfg(None, "x", epochs=1, kd_alpha=0.5, out=None))
     m, _ = _model()
     apply_pruning(m, [0], lam=0.3)
     assert [b.lam for _, b in pruned_blocks(m)] == [0.3]
@@ -197,23 +193,22 @@ def test_amp_bf16_autocasts_training_forwards_only(tmp_path, digits):
     assert {k: v.dtype for k, v in sd.items()} == {k: v.dtype for k, v in m.state_dict().items()}
     assert sd["head.fc.weight"].dtype == torch.float32
     with pytest.raises(InputError, match="--amp"):
-        TrainConfig(epochs=1, amp="fp8")
+        _cfg(tmp_path, "x", epochs=1, amp="fp8")
 
 
-def test_build_for_data_seeds_the_init_without_touching_the_global_rng(digits):
+def test_create_for_data_seeds_the_init_without_touching_the_global_rng(digits):
     """Two runs with one seed start from the same weights, whatever the process's RNG state was.
 
     (Before this, a baseline's init came from the unseeded global RNG, so `updp train --seed 0`
     gave a different model in every process.)
     """
-    from updp.pruning.train import build_for_data
-
+    kw = dict(num_classes=digits.num_classes, input_chw=(3, 32, 32), model_kwargs={"dims": SMALL_DIMS})
     torch.manual_seed(123)
-    a, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=5)
+    a, _ = create_for_data("timm:convnext_atto", seed=5, **kw)
     after = torch.rand(1)
     torch.manual_seed(999)
-    b, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=5)
-    c, _ = build_for_data("timm:convnext_atto", digits, model_kwargs={"dims": SMALL_DIMS}, seed=6)
+    b, _ = create_for_data("timm:convnext_atto", seed=5, **kw)
+    c, _ = create_for_data("timm:convnext_atto", seed=6, **kw)
     assert state_hash(a) == state_hash(b) != state_hash(c)
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), after)  # the caller's RNG stream is untouched
@@ -222,7 +217,11 @@ def test_build_for_data_seeds_the_init_without_touching_the_global_rng(digits):
 def test_redirected_progress_is_one_plain_line_per_epoch(tmp_path, digits, capsys):
     """No tqdm carriage-return frames in a log file: off a terminal, progress is a line per epoch."""
     m, _ = _model()
-    Trainer(m, digits, _cfg(tmp_path, "p.pt", out=None, kd_alpha=0.0, progress=True)).fit()
+
+    def echo(line):
+        print(line, file=sys.stderr)
+
+    Trainer(m, digits, _cfg(tmp_path, "p.pt", out=None, kd_alpha=0.0, progress=True), echo=echo).fit()
     err = capsys.readouterr().err
     assert "\r" not in err
     lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]

@@ -15,17 +15,17 @@ import typing
 import pytest
 
 from updp.core.errors import InputError
-from updp.pipeline import RunConfig, run_pipeline
 from updp.pipeline.config import (
-    BaselineConfig,
-    BenchConfig,
-    DataConfig,
-    ModelConfig,
-    PruneStageConfig,
-    SearchConfig,
+    BaselineSection,
+    BenchSection,
+    DataSection,
+    ModelSection,
+    PruneSection,
+    RunConfig,
+    SearchSection,
     demo_config,
 )
-from updp.pipeline.run import StageRecord
+from updp.pipeline.run import StageRecord, run_pipeline
 
 ALL = ["baseline", "search", "prune", "export", "eval", "bench", "report"]
 
@@ -33,14 +33,14 @@ ALL = ["baseline", "search", "prune", "export", "eval", "bench", "report"]
 def tiny_config(**over) -> RunConfig:
     cfg = RunConfig(
         device="cpu", max_steps_per_epoch=2,
-        model=ModelConfig(name="timm:convnext_atto", input_size=(32, 32),
-                          kwargs={"dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1]}),
-        data=DataConfig(spec="digits"),
-        baseline=BaselineConfig(epochs=1, batch_size=32),
-        search=SearchConfig(target_blocks=2, epochs=1, calib_batches=1, batch_size=32, bench_repeats=5,
-                            profile_rounds=2, random_picks=2),
-        prune=PruneStageConfig(epochs=2, batch_size=32, calib_batches=1),
-        bench=BenchConfig(warmup=2, repeats=5, profile_runs=3))
+        model=ModelSection(name="timm:convnext_atto", input_size=(32, 32),
+                           kwargs={"dims": [16, 32, 48, 64], "depths": [1, 1, 2, 1]}),
+        data=DataSection(spec="digits"),
+        baseline=BaselineSection(epochs=1, batch_size=32),
+        search=SearchSection(target_blocks=2, epochs=1, calib_batches=1, batch_size=32, bench_repeats=5,
+                             profile_rounds=2, random_picks=2),
+        prune=PruneSection(epochs=2, batch_size=32, calib_batches=1),
+        bench=BenchSection(warmup=2, repeats=5, profile_runs=3))
     return cfg.replace(**over) if over else cfg
 
 
@@ -159,7 +159,7 @@ def test_changed_input_reruns_that_stage_and_those_after_it(done_run, tmp_path):
 
 
 def test_resume_after_a_kill_continues_training(done_run, tmp_path, monkeypatch):
-    from updp.pruning.train import Trainer
+    from updp.training.trainer import Trainer
 
     run_dir = tmp_path / "r"
     shutil.copytree(done_run[0], run_dir)
@@ -196,13 +196,13 @@ def test_failing_stage_is_recorded_and_rerun(done_run, tmp_path, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("injected")
 
-    monkeypatch.setattr("updp.latency.benchmark", broken)
+    monkeypatch.setattr("updp.workflows.bench.benchmark", broken)
     with pytest.raises(RuntimeError, match="injected"):
         _run(tiny_config(bench={"repeats": 3}), run_dir)
     assert StageRecord.read(run_dir / "bench" / "stage.json").status == "failed"
     monkeypatch.undo()
     out = _run(None, run_dir, resume=True)
-    assert out.ran == ["bench", "report"] and stages.STAGE_NAMES == ALL
+    assert out.ran == ["bench", "report"] and list(stages.STAGE_NAMES) == ALL
 
 
 # ------------------------------------------------------------------ CLI

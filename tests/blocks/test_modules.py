@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from updp.blocks import BlendedNorm, ChannelBatchNorm, EndAct, LambdaAct, calibrate_bn
+from updp.blocks.modules import bn_from_layernorm
 from updp.core.errors import InputError
-from updp.pruning import BlendedNorm, ChannelBatchNorm, EndAct, LambdaAct, calibrate_bn
-from updp.pruning.modules import bn_from_layernorm
 
 
 def _x(*shape):

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from updp.pruning import (
+from updp.blocks import (
     ChannelBatchNorm,
     apply_pruning,
     find_blocks,
