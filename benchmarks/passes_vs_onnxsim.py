@@ -33,22 +33,23 @@ def main() -> None:
 
     import onnx
 
-    from updp.api import ExportOptions, bench_files, export_model, optimize_file
-    from updp.exporter import save_model, simplify
+    from updp.exporter import optimize_file, save_model, simplify
+    from updp.workflows.bench import bench
+    from updp.workflows.config import BenchConfig, ExportConfig
+    from updp.workflows.export import export
 
     with tempfile.TemporaryDirectory(prefix="updp-bench-") as tmp:
         tmp = Path(tmp)
-        exp = export_model(ExportOptions(model=args.model, prune=args.prune, optimize=False),
-                           out=tmp / "export.onnx")
+        exp = export(ExportConfig(model=args.model, prune=args.prune, optimize=False, out=str(tmp / "export.onnx")))
         save_model(simplify(onnx.load(exp.out), optimize=True), tmp / "onnxsim.onnx")
         t0 = time.perf_counter()
-        opt = optimize_file(exp.out, tmp / "updp.onnx")
+        opt = optimize_file(exp.out, tmp / "updp.onnx", verify=True, polish=True, fold_layernorm_affine=False)
         wall = time.perf_counter() - t0
         print(f"{args.model} P{args.prune} (blocks {exp.pruned_blocks})")
         print(f"updp optimize wall time: {wall:.2f} s (goal < 10 s); nodes {opt.nodes_before} -> {opt.nodes_after}; "
               f"max abs diff {opt.max_abs_diff:.2e}")
-        report = bench_files([str(tmp / "export.onnx"), str(tmp / "onnxsim.onnx"), str(tmp / "updp.onnx")],
-                             threads=args.threads, opt_levels=["disable", "all"], repeats=args.repeats)
+        report = bench(BenchConfig(models=[str(tmp / "export.onnx"), str(tmp / "onnxsim.onnx"), str(tmp / "updp.onnx")],
+                                   threads=args.threads, opt_levels=["disable", "all"], repeats=args.repeats))
         print(report.format_table())
         ours = report.get("updp.onnx", "all")
         sim = report.get("onnxsim.onnx", "all")

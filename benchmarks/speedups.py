@@ -1,6 +1,6 @@
-"""Issue #2 speedup benchmark: pruned + merged vs unpruned, ORT CPU, interleaved A/B.
+"""Speedup benchmark: pruned + merged vs unpruned, ORT CPU, interleaved A/B.
 
-For each case three files are exported with `updp.api.export_model` (random weights):
+For each case three files are exported with `updp.workflows.export.export` (random weights):
 the unpruned model as a user has it without updp (plain export + onnxsim), the unpruned model
 through our passes (to show they never slow a baseline), and the P<k> model (pruned blocks at
 λ = 1, randomized BN statistics, merged and verified). They are timed with
@@ -33,19 +33,21 @@ CASES = {
 def run_case(name: str, repeats: int, warmup: int, threads: int, workdir: Path) -> dict:
     import onnx
 
-    from updp.api import ExportOptions, bench_files, export_model
     from updp.exporter import save_model, simplify
+    from updp.workflows.bench import bench
+    from updp.workflows.config import BenchConfig, ExportConfig
+    from updp.workflows.export import export
 
     model, n, target = CASES[name]
     t0 = time.perf_counter()
     # The reference is what a user has without updp: the plain export, simplified by onnxsim.
-    base = export_model(ExportOptions(model=model, optimize=False), out=workdir / f"{name}_base.onnx")
+    base = export(ExportConfig(model=model, optimize=False, out=str(workdir / f"{name}_base.onnx")))
     save_model(simplify(onnx.load(base.out), optimize=True), base.out)
     # The unpruned model through our passes too: shows the passes alone do not slow the baseline.
-    base_opt = export_model(ExportOptions(model=model), out=workdir / f"{name}_base_updp.onnx")
-    pruned = export_model(ExportOptions(model=model, prune=n), out=workdir / f"{name}_p{n}.onnx")
-    report = bench_files([base.out, base_opt.out, pruned.out], threads=threads, opt_levels=["disable", "all"],
-                         warmup=warmup, repeats=repeats)
+    base_opt = export(ExportConfig(model=model, out=str(workdir / f"{name}_base_updp.onnx")))
+    pruned = export(ExportConfig(model=model, prune=n, out=str(workdir / f"{name}_p{n}.onnx")))
+    report = bench(BenchConfig(models=[base.out, base_opt.out, pruned.out], threads=threads,
+                               opt_levels=["disable", "all"], warmup=warmup, repeats=repeats))
     base_nodes = len(onnx.load(base.out).graph.node)
     print(f"\n=== {name}: {model} P{n} (blocks {pruned.pruned_blocks}, rule: {pruned.selection_rule})")
     print(f"nodes {base_nodes} (base) vs {pruned.nodes_after} (P{n} merged); merge max abs diff "

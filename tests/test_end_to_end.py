@@ -86,3 +86,18 @@ def test_dynamic_batch_export(tmp_path):
     dim0 = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch"
     assert res.rel_diff <= 1e-4
+
+
+FULL_SIZE = [("timm:convnext_tiny", 6), ("timm:deit_tiny_patch16_224", 6), ("timm:mobilenetv2_100", 4),
+             ("torchvision:resnet50", 2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec, n", FULL_SIZE, ids=[s for s, _ in FULL_SIZE])
+def test_full_size_zoo_models_prune_merge_verify(tmp_path, spec, n):
+    """The zoo models at their own 224x224 input, N blocks by the default rule, merged and verified."""
+    res = export(ExportConfig(model=spec, prune=n, out=str(tmp_path / "p.onnx")))
+    assert len(res.pruned_blocks) == n and res.rel_diff <= 1e-4 and res.torch_max_abs_diff is not None
+    assert res.input_shape == [1, 3, 224, 224]
+    base = export(ExportConfig(model=spec, out=str(tmp_path / "b.onnx")))
+    assert res.nodes_after < base.nodes_after

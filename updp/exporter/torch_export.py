@@ -24,10 +24,13 @@ import warnings
 from pathlib import Path
 
 import onnx
+import onnxruntime
+import onnxsim
 import torch
 
 from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
+from updp.core.io import atomic_path
 from updp.core.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -38,9 +41,6 @@ OUTPUT_NAME = "logits"
 
 def versions() -> dict[str, str]:
     """Versions of everything that shapes an exported graph, for provenance."""
-    import onnxruntime
-    import onnxsim
-
     out = {"updp": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "onnxruntime": onnxruntime.__version__, "onnxsim": getattr(onnxsim, "__version__", "?"),
            "python": platform.python_version()}
@@ -113,8 +113,6 @@ def simplify(model: onnx.ModelProto, *, optimize: bool) -> onnx.ModelProto:
     A model onnxsim cannot process is returned unchanged with a warning: simplification is a
     convenience, never a correctness requirement, and everything after it is verified anyway.
     """
-    import onnxsim
-
     try:
         with _quiet_export():
             simplified, ok = onnxsim.simplify(model, perform_optimization=optimize)
@@ -144,9 +142,7 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
 
 
 def save_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Path:
-    """Save atomically. Models over 2 GB go to external data next to the file."""
-    from updp.core.io import atomic_path
-
+    """Save atomically. Models over 2 GB are refused: external-data output is not supported yet."""
     dest = Path(dest)
     with atomic_path(dest) as tmp:
         if model.ByteSize() > 2_000_000_000:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 
 from updp.core.constants import DEFAULT_REPEATS, DEFAULT_WARMUP, OPT_LEVELS, ORT_DEVICES
 from updp.core.errors import InputError
@@ -62,8 +63,6 @@ def _cpu_model() -> str:
 
 
 def _ort_version() -> str:
-    import onnxruntime as ort
-
     return ort.__version__
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from updp.core.errors import InputError
@@ -73,8 +74,6 @@ def _first_line(e: BaseException) -> str:
 
 def _load_object(path: str) -> Any:
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for a bad header

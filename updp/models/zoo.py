@@ -17,7 +17,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import timm
 import torch
+import torchvision
 from torch import nn
 
 from updp.core.errors import InputError
@@ -103,11 +105,7 @@ def _first_line(e: BaseException) -> str:
 
 def _build(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
     if source == "timm":
-        import timm
-
         return timm.create_model(name, pretrained=False, **kwargs)
-    import torchvision
-
     return torchvision.models.get_model(name, weights=None, **kwargs)
 
 
@@ -130,13 +128,9 @@ def create_model(spec: str, *, num_classes: int | None = None,
     """
     source, name = parse_spec(spec)
     if source == "timm":
-        import timm
-
         if not timm.is_model(name):
             raise _unknown(source, name, timm.list_models())
     else:
-        import torchvision
-
         names = torchvision.models.list_models()
         if name not in names:
             raise _unknown(source, name, names)

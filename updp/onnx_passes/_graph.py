@@ -13,6 +13,7 @@ what happened in a `RewriteTally`.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -408,8 +409,6 @@ class Graph:
             indeg[idx] = len(missing)
             for m in missing:
                 waiting[m].append(idx)
-        import heapq
-
         ready = [i for i in alive if indeg[i] == 0]
         heapq.heapify(ready)
         order = []

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from updp.onnx_passes._graph import Graph, attr
+
 
 @dataclass(frozen=True)
 class CostModel:
@@ -83,8 +85,6 @@ def estimate_node_costs(
     Conv/MatMul/Gemm use the MAC/byte model; other nodes are charged for their output bytes.
     Unknown (symbolic) dims count as 1 except the batch dim, which counts as `batch`.
     """
-    from updp.onnx_passes._graph import Graph, attr
-
     g = Graph(model)
     costs: dict[str, float] = {}
 

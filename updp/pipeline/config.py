@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -262,8 +263,6 @@ class RunConfig:
 
     @classmethod
     def from_toml(cls, text: str) -> RunConfig:
-        import tomllib
-
         try:
             return cls.from_dict(tomllib.loads(text))
         except tomllib.TOMLDecodeError as exc:
@@ -281,7 +280,7 @@ class RunConfig:
             return cls.from_toml(text)
         if suffix in (".yaml", ".yml"):
             try:
-                import yaml
+                import yaml  # optional: pyyaml comes with the `report` extra
             except ImportError:
                 raise InputError(f"{p}: reading YAML needs pyyaml (pip install 'updp[report]'), or use TOML"
                                  ) from None

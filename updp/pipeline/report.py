@@ -71,10 +71,11 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
 # ------------------------------------------------------------------ figures
 
 def _plt():
-    import matplotlib
+    """matplotlib with the file backend (no screen)."""
+    import matplotlib  # optional: the `report` extra; the report renders without figures otherwise
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # optional: as above, after choosing the backend
 
     plt.rcParams.update({"font.size": 10, "axes.titlesize": 11, "axes.spines.top": False,
                          "axes.spines.right": False, "savefig.dpi": 110})

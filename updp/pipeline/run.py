@@ -66,7 +66,7 @@ def hash_inputs(stage: str, config: dict[str, Any], files: dict[str, str]) -> st
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass

@@ -7,7 +7,7 @@ the end-of-block BN) are new parameters. A `SupernetBlock` then takes the block'
 model and holds both forms; its `active` switch says which one runs. Module paths outside the
 candidate blocks are unchanged; inside, the forms sit under `<block>.base` and `<block>.pruned`.
 
-Sampling (UPDP.md "Supernet training"; the default, `SubnetSampler`). Each training step runs one
+Sampling (the supernet training of UPDP; the default, `SubnetSampler`). Each training step runs one
 subnet: K candidate blocks pruned, drawn uniformly without replacement, with K drawn uniformly from
 `[k_min, k_max]`. K comes from the search target:
 
