@@ -31,6 +31,7 @@ from updp.workflows.config import (
     PruneConfig,
     SearchConfig,
     TrainConfig,
+    ordered_fields,
 )
 
 
@@ -59,11 +60,11 @@ def _keywords_of(config: type, *positional: str) -> Callable[[Callable], Callabl
         params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d)
                   for name, d in zip(positional, heads)]
         params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default(f))
-                   for f in dataclasses.fields(config) if f.name not in positional]
+                   for f in ordered_fields(config) if f.name not in positional]
         fn.__signature__ = inspect.Signature(params)
         fn.__doc__ = (fn.__doc__ or "") + "\n\nOptions (`{}`):\n{}".format(
             config.__name__, "\n".join(f"    {f.name}: {by_name[f.name].metadata.get('help', '')}"
-                                       for f in dataclasses.fields(config) if f.name not in positional))
+                                       for f in ordered_fields(config) if f.name not in positional))
         return fn
 
     return decorate

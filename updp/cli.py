@@ -38,6 +38,7 @@ from updp.workflows.config import (
     SearchConfig,
     TrainConfig,
     field_default,
+    ordered_fields,
 )
 
 logger = logging.getLogger("updp")
@@ -110,7 +111,7 @@ def _default_note(default: Any) -> str:
 
 def add_config_arguments(sp: argparse.ArgumentParser, config: type) -> None:
     """One argument per CLI field of `config` (see the module docstring)."""
-    for f in dataclasses.fields(config):
+    for f in ordered_fields(config):
         meta = f.metadata
         if not meta.get("cli", True):
             continue

@@ -2,59 +2,10 @@
 
 from __future__ import annotations
 
-import io
-import warnings
-
-import onnx
 import pytest
-import torch
-from torch import nn
 
 from updp.core.errors import InputError
 from updp.exporter.scopes import OTHER, NodeTime, aggregate_by_block, block_scopes, scope_fragment
-
-
-def export(model: nn.Module, size: int) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.randn(1, 3, size, size), buf, dynamo=False, opset_version=18)
-    return onnx.load_from_string(buf.getvalue())
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.act = nn.ReLU()
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.conv2(self.act(self.conv1(x)))
-
-
-class TinyNet(nn.Module):
-    """stem, blocks.0-2 (Sequential), nested layer.0.0 (Sequential of Sequential), head."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.blocks = nn.Sequential(*(Block(c) for _ in range(3)))
-        self.layer = nn.Sequential(nn.Sequential(Block(c)))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
-
-    def forward(self, x):
-        return self.head(self.layer(self.blocks(self.stem(x))))
-
-
-BLOCKS = ["blocks.0", "blocks.1", "blocks.2", "layer.0.0"]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> onnx.ModelProto:
-    torch.manual_seed(0)
-    return export(TinyNet(), 16)
-
 
 
 def test_scope_fragment_examples():
@@ -70,24 +21,25 @@ def test_scope_fragment_examples():
             scope_fragment(bad)
 
 
-def test_scope_fragment_matches_exporter_names(tiny):
-    names = [n.name for n in tiny.graph.node]
-    for path in BLOCKS:
+def test_scope_fragment_matches_exporter_names(tiny_scoped):
+    model, blocks = tiny_scoped
+    names = [n.name for n in model.graph.node]
+    for path in blocks:
         frag = scope_fragment(path)
         ops = sorted(n.split("/")[-1] for n in names if frag in n)
         assert ops == ["Add", "Conv", "Conv", "Relu"], (path, frag, names)
 
 
-def test_scope_fragment_matches_timm_and_torchvision():
+def test_scope_fragment_matches_timm_and_torchvision(torchscript_export):
     timm = pytest.importorskip("timm")
     torchvision = pytest.importorskip("torchvision")
     net = timm.create_model("convnext_atto", pretrained=False)
-    names = [n.name for n in export(net, 64).graph.node]
+    names = [n.name for n in torchscript_export(net, 64).graph.node]
     paths = [f"stages.{i}.blocks.{j}" for i, s in enumerate(net.stages) for j in range(len(s.blocks))]
     paths += [f"stages.{i}.downsample.1" for i in range(1, 4)]
     for p in paths:
         assert any(scope_fragment(p) + "conv" in n.lower() for n in names), p
-    names = [n.name for n in export(torchvision.models.resnet18(), 64).graph.node]
+    names = [n.name for n in torchscript_export(torchvision.models.resnet18(), 64).graph.node]
     for p in ["layer1.0", "layer4.1", "layer2.0.downsample.0"]:
         assert any(n.startswith(scope_fragment(p)) for n in names), p
 

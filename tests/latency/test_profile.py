@@ -2,61 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import tempfile
-import warnings
 
-import onnx
 import pytest
-import torch
-from torch import nn
 
 from updp.core.errors import InputError
 from updp.exporter.scopes import OTHER, aggregate_by_block, block_scopes
 from updp.latency import LatencySetup, parse_trace, profile_nodes
-
-
-def export(model: nn.Module, size: int) -> onnx.ModelProto:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.randn(1, 3, size, size), buf, dynamo=False, opset_version=18)
-    return onnx.load_from_string(buf.getvalue())
-
-
-class Block(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.act = nn.ReLU()
-        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return x + self.conv2(self.act(self.conv1(x)))
-
-
-class TinyNet(nn.Module):
-    """stem, blocks.0-2 (Sequential), nested layer.0.0 (Sequential of Sequential), head."""
-
-    def __init__(self, c=16):
-        super().__init__()
-        self.stem = nn.Conv2d(3, c, 3, padding=1)
-        self.blocks = nn.Sequential(*(Block(c) for _ in range(3)))
-        self.layer = nn.Sequential(nn.Sequential(Block(c)))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10))
-
-    def forward(self, x):
-        return self.head(self.layer(self.blocks(self.stem(x))))
-
-
-BLOCKS = ["blocks.0", "blocks.1", "blocks.2", "layer.0.0"]
-
-
-@pytest.fixture(scope="module")
-def tiny() -> onnx.ModelProto:
-    torch.manual_seed(0)
-    return export(TinyNet(), 16)
-
 
 
 def test_parse_trace_drops_warmup_and_averages():
@@ -80,16 +32,17 @@ def test_parse_trace_drops_warmup_and_averages():
 
 
 @pytest.mark.parametrize("level", ["disable", "all"])
-def test_profile_tiny_model_by_block(tiny, level, tmp_path, monkeypatch):
+def test_profile_tiny_model_by_block(tiny_scoped, level, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     setup = LatencySetup(threads=1, warmup=2, opt_level=level)
+    tiny, blocks = tiny_scoped
     times = profile_nodes(tiny, setup, runs=5)
     assert list(tmp_path.iterdir()) == []  # trace file and its directory are gone
     assert times and all(t.mean_us >= 0 for t in times)
     assert [t.order for t in times] == list(range(len(times)))
-    prof = aggregate_by_block(times, block_scopes(BLOCKS))
-    assert [b.label for b in prof.blocks] == [f"{i} {p}" for i, p in enumerate(BLOCKS)] + [OTHER]
+    prof = aggregate_by_block(times, block_scopes(blocks))
+    assert [b.label for b in prof.blocks] == [f"{i} {p}" for i, p in enumerate(blocks)] + [OTHER]
     assert sum(b.share for b in prof.blocks) == pytest.approx(1, abs=1e-9)
     assert prof.total_us == pytest.approx(sum(t.mean_us for t in times))
     for b in prof.blocks:

@@ -135,6 +135,32 @@ def _check_training(cfg: Any) -> None:
     _at_least(cfg.max_steps_per_epoch, 1, "--max-steps-per-epoch")
 
 
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """A config's fields with its own first and the inherited (`TrainingRunOptions`) last: the order
+    of `--help` and of the API's keywords."""
+    inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                 for f in dataclasses.fields(base)}
+    own = [f for f in dataclasses.fields(cls) if f.name not in inherited]
+    return own + [f for f in dataclasses.fields(cls) if f.name in inherited]
+
+
+@dataclass(kw_only=True)
+class TrainingRunOptions:
+    """Where and how a training workflow runs: the same options for `updp train`, `updp prune` and
+    the supernet of `updp search`."""
+
+    split_seed: int = option(0, help="seed of the train/holdout/val split")
+    device: str = option(DEFAULT_TORCH_DEVICE, help="torch device: auto (CUDA if present), cpu, cuda, cuda:N")
+    amp: str = option("off", choices=AMP_MODES,
+                      help="bfloat16 autocast for training forwards (float32 weights, validation and export); "
+                           "faster on CPUs with AVX512-BF16/AMX and recent GPUs")
+    max_steps_per_epoch: int | None = option(None, help="cap steps per epoch (smoke runs)")
+    resume: bool = option(False, help="continue the checkpoint being written after its last finished epoch (the "
+                                      "same result as no interruption)")
+    log_jsonl: str | None = option(None, help="append one JSON line per epoch", metavar="F.jsonl")
+    progress: bool = option(True, help="no progress bars", flag="--no-progress")
+
+
 @dataclass
 class BlocksConfig:
     """`updp blocks`: the prunable blocks of a model."""
@@ -152,8 +178,8 @@ class BlocksConfig:
         _at_least(self.threads, 1, "--threads")
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainConfig(TrainingRunOptions):
     """`updp train`: train a baseline on a local dataset (or fine-tune, or import, your checkpoint)."""
 
     model: str = option(help=MODEL_HELP, positional=True)
@@ -171,16 +197,6 @@ class TrainConfig:
     warmup_epochs: float = option(1.0, help="linear warm-up, then cosine to 0")
     label_smoothing: float = option(0.1, help="of the cross-entropy")
     seed: int = option(0, help="seeds the initial weights, the data order and the augmentation")
-    split_seed: int = option(0, help="seed of the train/holdout/val split")
-    device: str = option(DEFAULT_TORCH_DEVICE, help="auto (CUDA if present), cpu, cuda, cuda:N")
-    amp: str = option("off", choices=AMP_MODES,
-                      help="bfloat16 autocast for training forwards (float32 weights, validation and export); "
-                           "faster on CPUs with AVX512-BF16/AMX and recent GPUs")
-    max_steps_per_epoch: int | None = option(None, help="cap steps per epoch (smoke runs)")
-    resume: bool = option(False, help="continue from --out after its last finished epoch (same result as no "
-                                      "interruption)")
-    log_jsonl: str | None = option(None, help="append one JSON line per epoch", metavar="F.jsonl")
-    progress: bool = option(True, help="no progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         self.input_size = _input_size(self.input_size, "--input-size")
@@ -190,8 +206,8 @@ class TrainConfig:
             raise InputError("--epochs 0 takes a --checkpoint as the baseline: give one, or train >= 1 epoch")
 
 
-@dataclass
-class SearchConfig:
+@dataclass(kw_only=True)
+class SearchConfig(TrainingRunOptions):
     """`updp search`: supernet training + subnet search from a trained baseline (UPDP steps 1-2)."""
 
     checkpoint: str = option(help="the trained baseline (from `updp train`, or your own with a model_spec)",
@@ -222,8 +238,6 @@ class SearchConfig:
     label_smoothing: float = option(0.1, help="supernet label smoothing")
     kd_alpha: float = option(0.5, help="distillation weight (from the frozen baseline)")
     kd_temperature: float = option(1.0, help="distillation temperature")
-    max_steps_per_epoch: int | None = option(None, help="cap steps per epoch (smoke runs)")
-    amp: str = option("off", choices=AMP_MODES, help="bfloat16 autocast for the supernet's training forwards")
     supernet: str | None = option(None, help="where to save (or, with --reuse-supernet, load) the supernet")
     reuse_supernet: bool = option(False, help="load --supernet instead of training one")
     lut: str | None = option(None, help="reuse a saved latency table (.lut.json)")
@@ -231,12 +245,7 @@ class SearchConfig:
     bench_repeats: int = option(50, help="interleaved rounds of the latency table and the measurement")
     profile_rounds: int = option(15, help="profiling rounds per graph for the latency table")
     measure: bool = option(True, help="skip the full-model measurement of the winner", flag="--no-measure")
-    device: str = option(DEFAULT_TORCH_DEVICE, help="torch device for training and scoring")
-    split_seed: int = option(0, help="seed of the train/holdout/val split")
     top_n: int = option(10, help="scored subnets recorded in the plan", cli=False)
-    resume: bool = option(False, help="continue the supernet training from --supernet after its last epoch")
-    log_jsonl: str | None = option(None, help="append one JSON line per supernet epoch", metavar="F.jsonl")
-    progress: bool = option(True, help="no progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         if self.target_blocks is not None and self.target_speedup is not None:
@@ -250,8 +259,8 @@ class SearchConfig:
         _at_least(self.threads, 1, "--threads")
 
 
-@dataclass
-class PruneConfig:
+@dataclass(kw_only=True)
+class PruneConfig(TrainingRunOptions):
     """`updp prune`: progressive subnet training (UPDP step 3) of a trained baseline."""
 
     checkpoint: str = option(help="baseline checkpoint from `updp train`")
@@ -281,13 +290,6 @@ class PruneConfig:
     warmup_epochs: float = option(0.0, help="linear warm-up, then cosine to 0")
     label_smoothing: float = option(0.1, help="of the cross-entropy")
     seed: int = option(0, help="seeds the data order, the augmentation and the BN calibration batches")
-    split_seed: int = option(0, help="seed of the train/holdout/val split (the baseline's)")
-    device: str = option(DEFAULT_TORCH_DEVICE, help="auto (CUDA if present), cpu, cuda, cuda:N")
-    amp: str = option("off", choices=AMP_MODES, help="bfloat16 autocast for training forwards")
-    max_steps_per_epoch: int | None = option(None, help="cap steps per epoch (smoke runs)")
-    resume: bool = option(False, help="continue from --out after its last finished epoch")
-    log_jsonl: str | None = option(None, help="append one JSON line per epoch", metavar="F.jsonl")
-    progress: bool = option(True, help="no progress bars", flag="--no-progress")
 
     def __post_init__(self) -> None:
         self.blocks = _blocks(self.blocks, "--blocks")
@@ -416,5 +418,6 @@ WORKFLOW_CONFIGS: dict[str, type] = {
     "demo": DemoConfig,
 }
 
-__all__ = ["BenchConfig", "BlocksConfig", "DemoConfig", "EvalConfig", "ExportConfig", "OptimizeConfig",
-           "PruneConfig", "SearchConfig", "TrainConfig", "WORKFLOW_CONFIGS", "field_default", "option", "pick"]
+__all__ = ["BenchConfig", "BlocksConfig", "DemoConfig", "EvalConfig", "ExportConfig", "OptimizeConfig", "PruneConfig",
+           "SearchConfig", "TrainConfig", "TrainingRunOptions", "WORKFLOW_CONFIGS", "field_default", "option",
+           "ordered_fields", "pick"]
