@@ -422,7 +422,7 @@ def bench_config(cfg: RunConfig, run_dir: Path) -> BenchConfig:
 def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Every stage's workflow config(s); raises `InputError` naming the section that does not build."""
     builders = {"baseline": baseline_config, "search": search_config, "prune": prune_config,
-                "export": lambda c, d: export_configs(c, d), "bench": lambda c, d: bench_config(c, d)}
+                "export": export_configs, "bench": bench_config}
     out = {}
     for name, build in builders.items():
         if name == "search" and cfg.search.blocks is not None:

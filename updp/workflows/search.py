@@ -180,6 +180,8 @@ def _supernet(cfg: SearchConfig, baseline: LoadedModel, data, cand: list[int], s
 
 @dataclass
 class _Scored:
+    """The search's outcome and the reference scores it is compared with."""
+
     outcome: SearchOutcome
     randoms: list
     baseline_acc: float
@@ -224,6 +226,8 @@ def _score_and_search(cfg: SearchConfig, model: nn.Module, baseline: nn.Module, 
 def _plan(cfg: SearchConfig, spec: dict, blocks: list[BlockInfo], cand: list[int], target: dict, s: _Scored,
           measured: dict | None, table: LatencyLUT, lut_path: str, summary: dict, data_desc: str,
           timings: dict) -> PrunePlan:
+    """The plan of the winner, with the evidence: how it was searched, its scores against the
+    baseline and the random picks, predicted and measured latency, the supernet."""
     best, outcome, randoms = s.outcome.best, s.outcome, s.randoms
     return PrunePlan(
         model=spec["model"], input_size=tuple(spec["input_size"]), blocks=list(best.blocks),
@@ -313,6 +317,7 @@ def run_search(cfg: SearchConfig, *, echo: Callable[[str], None] | None = None) 
 
 def _result(cfg: SearchConfig, plan: PrunePlan, s: _Scored, measured: dict | None, lut_path: str,
             supernet_path: Path, timings: dict, data_desc: str) -> SearchResult:
+    """The command's result: the plan's content, flattened for the summary and JSON."""
     best, outcome = s.outcome.best, s.outcome
     return SearchResult(
         plan_path=str(cfg.out), plan=plan, blocks=list(best.blocks), block_names=list(plan.block_names),
