@@ -186,3 +186,15 @@ def test_tests_mirror_the_package_tree():
     folders = {p.name for p in (ROOT / "tests").iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     assert folders <= packages, folders - packages
+
+
+def test_only_the_shells_print():
+    """Library layers report through return values, callbacks (`echo`) and `logging`."""
+    printing = []
+    for name, path in MODULES.items():
+        if name in ("updp.cli", "updp.api"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printing.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert printing == []
