@@ -17,6 +17,7 @@ head) go to `OTHER`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,9 +71,24 @@ def scope_fragment(module_path: str) -> str:
     return "/" + "/".join(scopes) + "/"
 
 
+def block_label(index: int, path: str) -> str:
+    """The one label of a block in per-block tables and profiles: `"<index> <module path>"`."""
+    return f"{int(index)} {path}"
+
+
+def label_index(label: str) -> int:
+    """The block index of a `block_label`."""
+    return int(label.split(" ", 1)[0])
+
+
+def scopes_of(blocks: Iterable[tuple[int, str]]) -> dict[str, str]:
+    """`{block_label(i, path): scope_fragment(path)}` for (index, module path) pairs, in order."""
+    return {block_label(i, p): scope_fragment(p) for i, p in blocks}
+
+
 def block_scopes(module_paths: list[str]) -> dict[str, str]:
-    """`{"<i> <path>": scope_fragment(path)}` for a list of block module paths, in order."""
-    return {f"{i} {p}": scope_fragment(p) for i, p in enumerate(module_paths)}
+    """`scopes_of` for a list of block module paths, indexed in order."""
+    return scopes_of(enumerate(module_paths))
 
 
 @dataclass
@@ -169,4 +185,5 @@ def aggregate_by_block(node_times: list[NodeTime], block_scopes: dict[str, str],
     return BlockProfile(blocks=blocks, total_us=total, inherited=inherited)
 
 
-__all__ = ["OTHER", "BlockProfile", "BlockTime", "NodeTime", "aggregate_by_block", "block_scopes", "scope_fragment"]
+__all__ = ["OTHER", "BlockProfile", "BlockTime", "NodeTime", "aggregate_by_block", "block_label", "block_scopes",
+           "label_index", "scope_fragment", "scopes_of"]

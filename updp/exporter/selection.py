@@ -21,7 +21,7 @@ import torch
 
 from updp.blocks.convert import apply_pruning
 from updp.core.errors import InputError
-from updp.exporter.scopes import NodeTime, aggregate_by_block, scope_fragment
+from updp.exporter.scopes import NodeTime, aggregate_by_block, label_index, scopes_of
 from updp.exporter.torch_export import simplify, torch_to_onnx
 from updp.onnx_passes import optimize_model
 from updp.onnx_passes.cost import estimate_node_costs
@@ -39,14 +39,14 @@ def estimate_block_savings(module: torch.nn.Module, blocks, input_shape) -> dict
     apply_pruning(pruned_module, [b.index for b in prunable], lam=1.0)
     merged = optimize_model(simplify(torch_to_onnx(pruned_module, input_shape), optimize=False)).model
 
-    scopes = {str(b.index): scope_fragment(b.name) for b in prunable}
+    scopes = scopes_of((b.index, b.name) for b in prunable)
 
     def per_block(graph) -> dict[int, float]:
         # Estimated ns per node, attributed to blocks the same way measured profiles are.
         nodes = [NodeTime(name=name, op_type="", mean_us=ns, order=k)
                  for k, (name, ns) in enumerate(estimate_node_costs(graph).items())]
         prof = aggregate_by_block(nodes, scopes, inherit_unscoped=False)
-        return {int(label): prof.get(label).total_us for label in scopes}
+        return {label_index(label): prof.get(label).total_us for label in scopes}
 
     before, after = per_block(base_graph), per_block(merged)
     return {i: before[i] - after[i] for i in before}

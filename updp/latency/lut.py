@@ -49,7 +49,7 @@ from updp.core.constants import DEFAULT_OPSET, DEFAULT_THREADS
 from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
 from updp.exporter.export import export_module
-from updp.exporter.scopes import OTHER, scope_fragment
+from updp.exporter.scopes import OTHER, block_label, scopes_of
 from updp.latency.profile import median_block_us, profile_blocks_alternating
 from updp.latency.runner import LatencySetup, benchmark
 
@@ -325,7 +325,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
     setup = setup or LatencySetup(threads=DEFAULT_THREADS, opt_level="all")
     blocks = find_blocks(module)
     cand = prunable_candidates(blocks, candidates, what="latency table: block(s)")
-    scopes = {str(i): scope_fragment(blocks[i].name) for i in cand}
+    scopes = scopes_of((i, blocks[i].name) for i in cand)
     with tempfile.TemporaryDirectory(prefix="updp_lut_") as tmp:
         d = Path(workdir) if workdir else Path(tmp)
         base_path, all_path = d / "lut_base.onnx", d / "lut_all_pruned.onnx"
@@ -338,8 +338,9 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
         rep = benchmark([("baseline", str(base_path)), ("all_pruned", str(all_path))], setup)
     med = {key: median_block_us(profiles) for key, profiles in rounds.items()}
     w0, w1 = rep.get("baseline").median_ms, rep.get("all_pruned").median_ms
-    table = [BlockLatency(index=i, name=blocks[i].name, base_us=med["base"][str(i)],
-                          pruned_us=med["all"][str(i)]) for i in cand]
+    labels = {i: block_label(i, blocks[i].name) for i in cand}
+    table = [BlockLatency(index=i, name=blocks[i].name, base_us=med["base"][labels[i]],
+                          pruned_us=med["all"][labels[i]]) for i in cand]
     k0 = sum(b.base_us for b in table)
     k1 = sum(b.pruned_us for b in table)
     if abs(k1 - k0) > 0.01 * k0:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from updp.core.errors import InputError
-from updp.exporter.scopes import scope_fragment
+from updp.exporter.scopes import scopes_of
 from updp.exporter.torch_export import get_metadata
 from updp.latency.profile import median_block_us, profile_blocks_alternating
 from updp.latency.runner import BenchReport, LatencySetup, benchmark
@@ -41,7 +41,7 @@ def bench(cfg: BenchConfig) -> BenchReport:
 def block_labels(path: str | Path) -> dict[str, str]:
     """`{"<i> <module path>": scope fragment}` from an export's `updp.block_scopes` metadata."""
     scopes = json.loads(get_metadata(load_onnx(path)).get("updp.block_scopes", "{}"))
-    return {f"{i} {name}": scope_fragment(name) for i, name in sorted(scopes.items(), key=lambda kv: int(kv[0]))}
+    return scopes_of(sorted((int(i), name) for i, name in scopes.items()))
 
 
 def block_profiles(files: dict[str, Path], setup: LatencySetup, *, runs: int, rounds: int = 5) -> dict[str, dict]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from updp.blocks.discover import find_blocks
-from updp.exporter.scopes import aggregate_by_block, scope_fragment
+from updp.exporter.scopes import aggregate_by_block, label_index, scopes_of
 from updp.exporter.torch_export import simplify, torch_to_onnx
 from updp.latency.profile import profile_nodes
 from updp.latency.runner import LatencySetup
@@ -79,9 +79,9 @@ def list_blocks(cfg: BlocksConfig) -> BlocksReport:
         proto = simplify(torch_to_onnx(module, (1, *chw)), optimize=False)
         setup = LatencySetup(threads=cfg.threads, opt_level="all", warmup=5)
         nodes = profile_nodes(proto, setup, runs=20)
-        scopes = {str(b.index): scope_fragment(b.name) for b in blocks}
+        scopes = scopes_of((b.index, b.name) for b in blocks)
         prof = aggregate_by_block(nodes, scopes)
-        report.latency_share = {int(k): prof.get(k).share for k in scopes}
+        report.latency_share = {label_index(k): prof.get(k).share for k in scopes}
         report.latency_ms = prof.total_us / 1000.0
         report.latency_setup = setup.to_dict()
     return report
