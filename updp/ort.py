@@ -110,8 +110,8 @@ def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
     for inp in session.get_inputs():
         shape = []
         for i, d in enumerate(inp.shape):
-            if isinstance(d, int) and d > 0:
-                shape.append(d)
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)  # a fixed 0-length dimension stays 0
             elif dims and isinstance(d, str) and d in dims:
                 shape.append(dims[d])
             elif i == 0:

@@ -1,20 +1,78 @@
-"""Optimize an ONNX file someone brings: clean up, fold norms, merge linear chains, verify, write.
+"""Optimize an ONNX file someone brings: upgrade its opset, clean up, fold norms, merge linear
+chains, verify, write.
 
-The same passes as updp's own exports, and the same guarantee: the result is checked against
-the input in ONNX Runtime with graph optimizations off, and nothing is written unless it matches.
+The same passes as updp's own exports, and the same guarantee: the result is checked against the
+input *as given* (before any upgrade) in ONNX Runtime with graph optimizations off, on the user's
+inputs or on generated ones that are valid for the graph (`updp.feeds`), and nothing is written
+unless it matches.
+
+What is handled, and how:
+
+* **Old opsets**: a default-domain opset below what the passes read (`MIN_OPSET`) is converted
+  with onnx's version converter (and the IR version raised to one that opset needs), before any
+  expensive step; a conversion the converter cannot do is refused (exit 3) with its reason.
+* **Every dtype**: the passes rewrite float math only (float16/bfloat16/float/double); integer,
+  bool and string tensors pass through untouched. The check uses a tolerance per float dtype
+  (`updp.verify.TOLERANCES`).
+* **Subgraphs** (If, Loop, Scan bodies): left as they are. The passes see the main graph; a tensor
+  a subgraph reads counts as used, so nothing it needs is removed or renamed.
+* **A graph that folds to constants** (onnxsim evaluates every node): nothing is left to merge; the
+  folded model is kept when ORT runs it, else the input is optimized as it is.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import onnx
+from onnx import version_converter
+
+from updp.core.errors import InputError, UnsupportedError
 from updp.exporter.export import op_counts
 from updp.exporter.torch_export import full_check, save_model, simplify
+from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import optimize_model
-from updp.ort import load_onnx
+from updp.onnx_passes.pipeline import MIN_OPSET
+from updp.ort import load_onnx, make_session
 from updp.verify import check_equivalence
+
+
+def default_opset(model: onnx.ModelProto) -> int | None:
+    """The model's default-domain ("" or "ai.onnx") opset, None when it imports none."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx.ModelProto, str | None]:
+    """The model at default-domain opset >= `target` (converted when older), and what was done.
+
+    Raises:
+        UnsupportedError: the version converter cannot convert the model (its reason, one line).
+    """
+    version = default_opset(model)
+    if version is None or version >= target:
+        return model, None
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnsupportedError(f"default-domain opset {version} is older than the passes read ({target}), and "
+                               f"onnx's version converter cannot convert this model: {first}") from None
+    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(converted.opset_import))
+    before, after = _interface(model), _interface(converted)
+    if before != after:
+        changed = next(f"{a[0]} {a[1]} -> {b[1]}" for a, b in zip(before, after) if a != b) \
+            if len(before) == len(after) else f"{len(before)} -> {len(after)} inputs and outputs"
+        raise UnsupportedError(f"converting default-domain opset {version} to {target} changes the model's inputs "
+                               f"or outputs ({changed}): an op of this opset changed its signature since; "
+                               "re-export the model at opset >= 13")
+    return converted, f"opset {version} -> {target} (onnx version converter)"
+
+
+def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(name, type) of every graph input and output: what a caller feeds and reads."""
+    return [(vi.name, str(vi.type).replace("\n", " ")) for vi in (*model.graph.input, *model.graph.output)]
 
 
 @dataclass
@@ -31,12 +89,17 @@ class OptimizedFile:
     decisions: list[str]
     refusals: list[str]
     seconds: float
+    conversion: str | None = None
+    inputs: str = "generated"
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def format_summary(self) -> str:
         lines = [f"wrote {self.out}", f"  nodes {self.nodes_before} -> {self.nodes_after}"]
+        if self.conversion:
+            lines.append(f"  upgraded: {self.conversion}")
         changed = sorted(set(self.ops_before) | set(self.ops_after))
         diffs = [f"{op} {self.ops_before.get(op, 0)}->{self.ops_after.get(op, 0)}" for op in changed
                  if self.ops_before.get(op, 0) != self.ops_after.get(op, 0)]
@@ -45,19 +108,57 @@ class OptimizedFile:
         if self.applied:
             lines.append("  rewrites: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.applied.items())))
         if self.max_abs_diff is not None:
-            lines.append(f"  verified (ORT, optimizations off): max abs diff {self.max_abs_diff:.2e} "
-                         f"(relative {self.rel_diff:.2e})")
+            lines.append(f"  verified (ORT, optimizations off, {self.inputs} inputs): max abs diff "
+                         f"{self.max_abs_diff:.2e} (relative {self.rel_diff:.2e})")
         else:
             lines.append("  NOT verified (--no-verify)")
+        lines += [f"  note: {n}" for n in self.notes]
         if self.refusals:
             lines.append(f"  {len(self.refusals)} rewrites refused (see --json or -v for reasons)")
         lines.append(f"  done in {self.seconds:.1f} s")
         return "\n".join(lines)
 
 
-def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: bool,
-                  fold_layernorm_affine: bool) -> OptimizedFile:
-    """Optimize any ONNX file: fold norms, merge linear chains, verify, write atomically.
+def _check_input(model: onnx.ModelProto, src: str | Path) -> None:
+    """A file that fails onnx's full check is bad input (exit 2), named, before any work."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        raise InputError(f"{src} fails onnx's full check: {first}") from None
+
+
+def _simplified(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """onnxsim's clean-up; a graph it folds to constants is kept only when ORT can run it."""
+    cleaned = simplify(model, optimize=False)
+    if cleaned.graph.node:
+        return cleaned
+    try:
+        make_session(cleaned, opt_level="disable", threads=1)
+    except InputError:
+        notes.append("onnxsim folds every node to a constant, which ONNX Runtime cannot load: kept unfolded")
+        return model
+    notes.append("onnxsim folds every node to a constant: nothing left to merge")
+    return cleaned
+
+
+def _check_conversion(original: onnx.ModelProto, converted: onnx.ModelProto, feeds: list[dict],
+                      conversion: str) -> None:
+    """The version converter's result must compute what the original does (it has bugs of its own),
+    else the conversion is refused (exit 3): a wrong model is never passed on as an optimization.
+
+    Each model runs on the first runtime that runs it (ONNX Runtime no longer runs some old
+    opsets; onnx's reference evaluator runs every one), and the optimized model is then checked
+    against the converted one on the same runtime: original = converted = optimized."""
+    rep = check_equivalence(original, converted, feeds=feeds, raise_on_failure=False, same_runtime=False)
+    if not rep.passed:
+        raise UnsupportedError(f"{conversion} changes the model's outputs ({rep.failures[0]}): re-export the "
+                               "model at opset >= 13")
+
+
+def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: bool, fold_layernorm_affine: bool,
+                  inputs: str | Path | None = None, feeds: list[dict] | None = None) -> OptimizedFile:
+    """Optimize any ONNX file (see the module docstring) and write it atomically.
 
     Args:
         src: the input file.
@@ -65,27 +166,50 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         verify: compare with the input in ORT (optimizations off) before writing.
         polish: onnxsim's optimizer after the passes.
         fold_layernorm_affine: also fold LayerNorm affines into the next linear.
+        inputs: the user's inputs for the check: an .npz, or a folder of onnx test-data .pb files.
+        feeds: the same as input dicts (the Python API); `inputs` and `feeds` exclude each other.
 
     Raises:
-        InputError: a missing or malformed file. VerificationError: the result differs; nothing
-            is written.
+        InputError: a missing, malformed or invalid file, or inputs that do not fit it.
+        UnsupportedError: an opset the converter cannot upgrade, or valid inputs for the check
+            cannot be generated (give `inputs`).
+        VerificationError: the result differs; nothing is written.
     """
     t0 = time.perf_counter()
     original = load_onnx(src)
-    cleaned = simplify(original, optimize=False)
-    res = optimize_model(cleaned, fold_layernorm_affine=fold_layernorm_affine)
-    result = simplify(res.model, optimize=True) if polish else res.model
+    _check_input(original, src)
+    work, conversion = upgrade_opset(original)
+    if inputs is not None and feeds is not None:
+        raise InputError("give the check's inputs once: a file (inputs) or arrays (feeds)")
+    source = str(inputs) if inputs is not None else ("given" if feeds is not None else "generated")
+    if inputs is not None:
+        feeds = load_feeds(inputs, original)
+    elif verify and feeds is None:
+        feeds = generate_feeds(original)  # refuses before any expensive step when it cannot
+    if conversion and verify:
+        _check_conversion(original, work, feeds, conversion)
+    notes: list[str] = []
+    cleaned = _simplified(work, notes)
+    res = None
+    if default_opset(cleaned) is None:
+        notes.append("the model imports no default-domain (ai.onnx) opset: nothing for the passes to rewrite")
+    elif cleaned.graph.node:
+        res = optimize_model(cleaned, fold_layernorm_affine=fold_layernorm_affine)
+    result = res.model if res is not None else cleaned
+    if polish and res is not None:
+        result = simplify(result, optimize=True)
     full_check(result, "optimized model")
     max_diff = rel = None
     if verify:
-        rep = check_equivalence(original, result)
+        rep = check_equivalence(work if conversion else original, result, feeds=feeds)
         max_diff, rel = rep.max_abs_diff, rep.rel_diff
     save_model(result, out)
     return OptimizedFile(
         input=str(src), out=str(out), nodes_before=len(original.graph.node), nodes_after=len(result.graph.node),
         ops_before=op_counts(original), ops_after=op_counts(result), max_abs_diff=max_diff, rel_diff=rel,
-        applied=dict(res.applied), decisions=list(res.decisions), refusals=list(res.refusals),
-        seconds=time.perf_counter() - t0)
+        applied=dict(res.applied) if res else {}, decisions=list(res.decisions) if res else [],
+        refusals=list(res.refusals) if res else [], seconds=time.perf_counter() - t0, conversion=conversion,
+        inputs=source, notes=notes)
 
 
-__all__ = ["OptimizedFile", "optimize_file"]
+__all__ = ["OptimizedFile", "default_opset", "optimize_file", "upgrade_opset"]

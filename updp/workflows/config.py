@@ -351,6 +351,9 @@ class OptimizeConfig:
     polish: bool = option(True, help="skip the final onnxsim polish", flag="--no-onnxsim")
     fold_layernorm: bool = option(False, help="also fold LayerNorm affines into the next linear (off: ORT "
                                               "applies them for free)")
+    inputs: str | None = option(None, help="inputs for the check: an .npz of arrays by input name, or a folder "
+                                           "of onnx test data (input_0.pb, ...); default: generated, valid for "
+                                           "the graph", metavar="F.npz|DIR")
 
 
 @dataclass

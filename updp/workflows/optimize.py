@@ -9,7 +9,7 @@ from updp.workflows.config import OptimizeConfig
 def optimize(cfg: OptimizeConfig) -> OptimizedFile:
     """Fold norms, merge linear chains, verify against the input, write `cfg.out` atomically."""
     return optimize_file(cfg.input, cfg.out, verify=cfg.verify, polish=cfg.polish,
-                         fold_layernorm_affine=cfg.fold_layernorm)
+                         fold_layernorm_affine=cfg.fold_layernorm, inputs=cfg.inputs)
 
 
 __all__ = ["optimize"]
