@@ -135,8 +135,8 @@ def _compare_floats(name: str, r: np.ndarray, o: np.ndarray, t: _Tally) -> None:
     if bad:
         t.failures.append(f"output {name!r}: NaN/Inf at {bad} position(s) where the other model has another value")
     both = fr & fo
-    d = float(np.max(np.abs(r64 - o64)[both])) if both.any() else 0.0
-    m = float(np.max(np.abs(r64)[both])) if both.any() else 0.0
+    d = float(np.max(np.abs(r64[both] - o64[both]))) if both.any() else 0.0
+    m = float(np.max(np.abs(r64[both]))) if both.any() else 0.0
     t.per[name] = d
     if d > atol + rtol * m:
         t.failures.append(f"output {name!r}: max abs diff {d:.3g} exceeds {atol:g} + {rtol:g} x max|ref| {m:.3g} "
@@ -279,11 +279,29 @@ def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime:
                             "no output was written")
 
 
-def _random_outputs(ref: _Runner, feeds: dict, first: list) -> frozenset[str]:
-    """Outputs whose values change between two runs of the reference on the same inputs."""
+RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial")
+
+
+def _downstream_of_random_ops(model: onnx.ModelProto) -> set[str]:
+    """Graph outputs computed from a random op (main graph; a node whose subgraph draws counts)."""
+    def draws(n: onnx.NodeProto) -> bool:
+        return n.op_type in RANDOM_OPS or any(
+            draws(m) for a in n.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)
+            for m in g.node)
+
+    tainted: set[str] = set()
+    for n in model.graph.node:  # nodes are in topological order
+        if draws(n) or any(i in tainted for i in n.input):
+            tainted.update(o for o in n.output if o)
+    return {o.name for o in model.graph.output} & tainted
+
+
+def _random_outputs(reference, ref: _Runner, feeds: dict, first: list) -> frozenset[str]:
+    """Outputs computed from a random op, or whose values change between two runs of the reference."""
+    proto = reference if isinstance(reference, onnx.ModelProto) else onnx.load(str(reference), load_external_data=False)
     again = ref.run(feeds)
-    return frozenset(name for name, a, b in zip(ref.names, first, again)
-                     if not compare_outputs([a], [b], [name]).passed)
+    varying = {name for name, a, b in zip(ref.names, first, again) if not compare_outputs([a], [b], [name]).passed}
+    return frozenset(varying | _downstream_of_random_ops(proto))
 
 
 def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.ModelProto | str | Path, *,
@@ -323,7 +341,7 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
                                    onnx.load(str(candidate), load_external_data=False)).graph.output]
     if ref.names != cand_names:
         raise VerificationError(f"output names differ: reference {ref.names}, optimized {cand_names}")
-    random = _random_outputs(ref, feeds[0], ref_outputs[0])
+    random = _random_outputs(reference, ref, feeds[0], ref_outputs[0])
     reports = [compare_outputs(expected, got, ref.names, random) for expected, got in zip(ref_outputs, cand_outputs)]
     worst = max(reports, key=lambda r: (not r.passed, r.rel_diff))
     worst.trials = len(feeds)

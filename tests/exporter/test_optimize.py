@@ -1,0 +1,133 @@
+"""`optimize_file` on files of every kind: float16 and double graphs merged and verified, integer
+math untouched, subgraphs left alone, old opsets converted, inputs that cannot be generated."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from updp.cli import main
+from updp.core.errors import UnsupportedError
+from updp.exporter.optimize import optimize_file, upgrade_opset
+
+
+def _conv_bn_relu_conv(dtype: int, seed: int = 0) -> onnx.ModelProto:
+    """Conv -> BN -> Conv -> Relu -> Conv: the BN folds and the two convs before the Relu merge."""
+    np_dtype = helper.tensor_dtype_to_np_dtype(dtype)
+    rng = np.random.default_rng(seed)
+
+    def init(name, *shape, low=None):
+        a = rng.uniform(0.5, 1.5, shape) if low else rng.standard_normal(shape) * 0.3
+        return numpy_helper.from_array(a.astype(np_dtype), name)
+
+    inits = [init("w1", 8, 4, 3, 3), init("b1", 8), init("s", 8, low=True), init("t", 8), init("m", 8),
+             init("v", 8, low=True), init("w2", 8, 8, 1, 1), init("w3", 4, 8, 1, 1)]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="c1"),
+             helper.make_node("BatchNormalization", ["c1", "s", "t", "m", "v"], ["bn"], name="bn"),
+             helper.make_node("Conv", ["bn", "w2"], ["c2"], name="c2"),
+             helper.make_node("Relu", ["c2"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w3"], ["y"], name="c3")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [1, 4, 8, 8])],
+                          [helper.make_tensor_value_info("y", dtype, [1, 4, 8, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.FLOAT])
+def test_float16_and_double_graphs_are_merged_and_verified(tmp_path, dtype):
+    src = tmp_path / "m.onnx"
+    onnx.save(_conv_bn_relu_conv(dtype), str(src))
+    res = optimize_file(src, tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
+    assert res.nodes_after < res.nodes_before and "BatchNormalization" not in res.ops_after
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert out.graph.input[0].type.tensor_type.elem_type == dtype
+    assert all(t.data_type == dtype for t in out.graph.initializer)
+
+
+def test_integer_math_passes_through_untouched(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.INT32, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.INT32, [4])
+    nodes = [helper.make_node("Mul", ["x", "a"], ["m"]), helper.make_node("Add", ["m", "b"], ["s"]),
+             helper.make_node("Sub", ["s", "c"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.int32), n) for n, v in (("a", [3] * 4), ("b", [1] * 4),
+                                                                            ("c", [2] * 4))]
+    m = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(m, str(tmp_path / "i.onnx"))
+    res = optimize_file(tmp_path / "i.onnx", tmp_path / "o.onnx", verify=True, polish=False,
+                        fold_layernorm_affine=False)
+    assert res.applied == {} and res.ops_after == {"Add": 1, "Mul": 1, "Sub": 1}
+
+
+def test_a_subgraph_is_left_alone_and_what_it_reads_is_kept(tmp_path):
+    """An If whose branches read a main-graph tensor: the main graph is optimized, the branches are not."""
+    f = TensorProto.FLOAT
+    then_g = helper.make_graph([helper.make_node("Relu", ["bn"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", f, [1, 4, 8, 8])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["bn"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", f, [1, 4, 8, 8])])
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 4, 1, 1)).astype(np.float32), "w")] + [
+        numpy_helper.from_array(rng.uniform(0.5, 1.5, 4).astype(np.float32), n) for n in ("s", "v")] + [
+        numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), n) for n in ("t0", "m")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("BatchNormalization", ["c", "s", "t0", "m", "v"], ["bn"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [1, 4, 8, 8]),
+                                       helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                          [helper.make_tensor_value_info("y", f, [1, 4, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(m, str(tmp_path / "if.onnx"))
+    res = optimize_file(tmp_path / "if.onnx", tmp_path / "o.onnx", verify=True, polish=False,
+                        fold_layernorm_affine=False)
+    assert res.applied.get("fold_affine_after_linear") == 1
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    branch = next(n for n in out.graph.node if n.op_type == "If")
+    assert sorted(n.op_type for a in branch.attribute for n in a.g.node) == ["Neg", "Relu"]
+
+
+def test_an_old_opset_is_converted_then_optimized(tmp_path):
+    old = _conv_bn_relu_conv(TensorProto.FLOAT)
+    old.opset_import[0].version = 9
+    old.ir_version = 4
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    res = optimize_file(tmp_path / "old.onnx", tmp_path / "o.onnx", verify=True, polish=True,
+                        fold_layernorm_affine=False)
+    assert res.conversion == "opset 9 -> 13 (onnx version converter)"
+    assert "BatchNormalization" not in res.ops_after and res.max_abs_diff is not None
+    assert "upgraded: opset 9 -> 13" in res.format_summary()
+
+
+def test_a_conversion_that_changes_the_interface_is_refused(tmp_path):
+    """Scan-8 carries a batch axis that Scan-9 dropped: the converter changes the inputs."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    case = next(c for c in collect_testcases() if c.name == "test_scan_sum")
+    with pytest.raises(UnsupportedError, match="changes the model's inputs or outputs"):
+        upgrade_opset(case.model)
+
+
+def test_inputs_that_cannot_be_generated_exit_3_and_real_ones_work(tmp_path, capsys):
+    f = TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Relu", ["r"], ["y"])],
+                          "g", [helper.make_tensor_value_info("x", f, [2, 6]),
+                                helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                          [helper.make_tensor_value_info("y", f, ["a", "b"])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "r.onnx"))
+    assert main(["optimize", str(tmp_path / "r.onnx"), "--out", str(tmp_path / "o.onnx")]) == 3
+    err = capsys.readouterr().err
+    assert "input 'shape' feeds Reshape" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o.onnx").exists()
+    np.savez(tmp_path / "in.npz", x=np.ones((2, 6), np.float32), shape=np.array([3, 4], np.int64))
+    assert main(["optimize", str(tmp_path / "r.onnx"), "--out", str(tmp_path / "o.onnx"), "--inputs",
+                 str(tmp_path / "in.npz")]) == 0
+    assert "in.npz inputs" in capsys.readouterr().out
+
+
+def test_a_model_failing_the_full_check_is_bad_input(tmp_path, capsys):
+    f = TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", f, [2])],
+                          [helper.make_tensor_value_info("y", f, [3])])  # Relu keeps the shape: 2 != 3
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "bad.onnx"))
+    assert main(["optimize", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "o.onnx")]) == 2
+    assert "fails onnx's full check" in capsys.readouterr().err
