@@ -6,8 +6,11 @@ thread counts and the providers are always set explicitly and can be recorded.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +33,59 @@ _ONNX_TO_NUMPY = {
 }
 
 
+# protobuf cannot serialize a message of 2 GiB or more: a larger model keeps its tensors in an
+# external-data file next to the .onnx, and goes to ONNX Runtime and the checker as a path.
+PROTOBUF_LIMIT = 2**31 - 1
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    """The bytes of a tensor's data, from its dims and type (protobuf's own size of a message over
+    its limit cannot be asked for: it fails)."""
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return sum(len(v) for v in t.string_data)
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    """About how large the model is as one protobuf: its initializers' and constants' data."""
+    total = sum(_tensor_bytes(t) for t in model.graph.initializer)
+    for n in model.graph.node:
+        total += sum(_tensor_bytes(a.t) for a in n.attribute if a.type == onnx.AttributeProto.TENSOR)
+    return total
+
+
+def is_large(model: onnx.ModelProto) -> bool:
+    """Too large for one protobuf (with a margin for the graph and what serializing adds)."""
+    return model_bytes(model) > EXTERNAL_DATA_THRESHOLD
+
+
+def save_external(model: onnx.ModelProto, path: Path, location: str) -> None:
+    """Save a copy of `model` at `path` with its tensors in `location` beside it (the model
+    itself is left as it is: onnx's saver would rewrite its tensors into references)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    onnx.save_model(copy, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=1024)
+
+
+@contextlib.contextmanager
+def model_file(model: onnx.ModelProto | str | os.PathLike) -> Iterator[str]:
+    """A model as a file path: a path as given; a ModelProto written to a temporary folder (with
+    external data when it is over the protobuf limit), removed afterwards."""
+    if not isinstance(model, onnx.ModelProto):
+        yield str(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="updp-model-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        if is_large(model):
+            save_external(model, path, "model.onnx.data")
+        else:
+            onnx.save(model, str(path))
+        yield str(path)
+
+
 def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file with one-line, actionable errors for the usual failures."""
     path = Path(path)
@@ -43,7 +99,7 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise InputError(f"{path} holds no ONNX graph (empty or not an ONNX model)")
     if check:
         try:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(str(path) if is_large(model) else model)
         except onnx.checker.ValidationError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
             raise InputError(f"{path} is not a valid ONNX model: {first}") from None
@@ -93,10 +149,13 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
     if profile_prefix:
         so.enable_profiling = True
         so.profile_file_prefix = str(profile_prefix)
-    payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
+        if isinstance(model, onnx.ModelProto) and is_large(model):
+            with model_file(model) as path:
+                return ort.InferenceSession(path, sess_options=so, providers=providers or default_providers())
+        payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         return ort.InferenceSession(payload, sess_options=so, providers=providers or default_providers())
-    except Exception as exc:
+    except Exception as exc:  # ORT raises its own exception types for a model it cannot load
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"ONNX Runtime cannot load the model: {msg}") from None
 

@@ -31,7 +31,7 @@ def _conv_bn_relu_conv(dtype: int, seed: int = 0) -> onnx.ModelProto:
              helper.make_node("Conv", ["r", "w3"], ["y"], name="c3")]
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", dtype, [1, 4, 8, 8])],
                           [helper.make_tensor_value_info("y", dtype, [1, 4, 8, 8])], inits)
-    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)  # ORT 1.31 reads <= 13
 
 
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.FLOAT])
@@ -131,3 +131,83 @@ def test_a_model_failing_the_full_check_is_bad_input(tmp_path, capsys):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "bad.onnx"))
     assert main(["optimize", str(tmp_path / "bad.onnx"), "--out", str(tmp_path / "o.onnx")]) == 2
     assert "fails onnx's full check" in capsys.readouterr().err
+
+
+def _big_enough(monkeypatch, limit: int = 1000):
+    """Pretend the protobuf limit is `limit` bytes, so that a tiny model takes the external-data path."""
+    monkeypatch.setattr("updp.ort.EXTERNAL_DATA_THRESHOLD", limit)
+
+
+def test_a_model_over_the_limit_is_written_with_external_data(tmp_path, monkeypatch):
+    _big_enough(monkeypatch)
+    src = tmp_path / "m.onnx"
+    onnx.save(_conv_bn_relu_conv(TensorProto.FLOAT), str(src))
+    out = tmp_path / "out" / "o.onnx"
+    first = optimize_file(src, out, verify=True, polish=False, fold_layernorm_affine=False)
+    data = sorted(p.name for p in out.parent.iterdir())
+    assert len(data) == 2 and data[0] == "o.onnx" and data[1].startswith("o.onnx.") and data[1].endswith(".data")
+    proto = onnx.load(str(out), load_external_data=False)
+    assert any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer)  # > 1 kB tensors
+    assert first.max_abs_diff is not None
+    # a second write switches to a new data file and removes the old one
+    optimize_file(src, out, verify=True, polish=False, fold_layernorm_affine=False)
+    again = sorted(p.name for p in out.parent.iterdir())
+    assert len(again) == 2 and again[1] != data[1]
+    from updp.ort import make_session
+
+    x = np.ones((1, 4, 8, 8), np.float32)
+    assert make_session(str(out), opt_level="disable").run(None, {"x": x})[0].shape == (1, 4, 8, 8)
+
+
+def test_a_failed_write_with_external_data_leaves_nothing(tmp_path, monkeypatch):
+    _big_enough(monkeypatch)
+    import updp.exporter.optimize as optimizing
+
+    src = tmp_path / "m.onnx"
+    onnx.save(_conv_bn_relu_conv(TensorProto.FLOAT), str(src))
+
+    def corrupt(model, **kw):
+        from updp.onnx_passes import optimize_model
+
+        res = optimize_model(model, **kw)
+        w = res.model.graph.initializer[0]
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) + 1, w.name))
+        return res
+
+    monkeypatch.setattr(optimizing, "optimize_model", corrupt)
+    with pytest.raises(Exception, match="differs from the reference"):
+        optimize_file(src, tmp_path / "o.onnx", verify=True, polish=False, fold_layernorm_affine=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def _external_tensor(name: str, array: np.ndarray, folder, location: str) -> TensorProto:
+    """A TensorProto whose data is written straight to `location` (a >2 GB tensor cannot pass
+    through protobuf in memory)."""
+    array.tofile(folder / location)
+    t = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape,
+                    data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", location), ("offset", "0"), ("length", str(array.nbytes))):
+        entry = t.external_data.add()
+        entry.key, entry.value = key, value
+    return t
+
+
+@pytest.mark.slow
+def test_a_real_model_over_2_gb_is_optimized_and_verified(tmp_path):
+    """A 2.15 GB MatMul with a per-channel scale after it: the scale folds into the weight."""
+    n = 23_200  # 23200^2 float32 = 2.15 GB
+    rng = np.random.default_rng(0)
+    w = rng.random((n, n), dtype=np.float32)
+    w -= 0.5
+    big = _external_tensor("w", w, tmp_path, "big.onnx.data")
+    del w
+    s = numpy_helper.from_array(rng.uniform(0.5, 1.5, n).astype(np.float32), "s")
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Mul", ["m", "s"], ["y"])],
+                          "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [big, s])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / "big.onnx"))
+    res = optimize_file(tmp_path / "big.onnx", tmp_path / "o.onnx", verify=True, polish=False,
+                        fold_layernorm_affine=False)
+    assert res.applied.get("fold_affine_after_linear") == 1 and res.ops_after == {"MatMul": 1}
+    assert res.max_abs_diff is not None and res.rel_diff <= 1e-4
+    assert any(p.name.startswith("o.onnx.") and p.name.endswith(".data") for p in tmp_path.iterdir())

@@ -16,6 +16,9 @@ What is handled, and how:
   (`updp.verify.TOLERANCES`).
 * **Subgraphs** (If, Loop, Scan bodies): left as they are. The passes see the main graph; a tensor
   a subgraph reads counts as used, so nothing it needs is removed or renamed.
+* **Models over 2 GB** (protobuf's limit): read with their external data; written with the tensors
+  in a data file beside the output (`updp.exporter.torch_export.staged_model`), and checked as
+  files, never serialized into one protobuf.
 * **A graph that folds to constants** (onnxsim evaluates every node): nothing is left to merge; the
   folded model is kept when ORT runs it, else the input is optimized as it is.
 """
@@ -31,11 +34,11 @@ from onnx import version_converter
 
 from updp.core.errors import InputError, UnsupportedError
 from updp.exporter.export import op_counts
-from updp.exporter.torch_export import full_check, save_model, simplify
+from updp.exporter.torch_export import full_check, simplify, staged_model
 from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
-from updp.ort import load_onnx, make_session
+from updp.ort import is_large, load_onnx, make_session
 from updp.verify import check_equivalence
 
 
@@ -122,7 +125,7 @@ class OptimizedFile:
 def _check_input(model: onnx.ModelProto, src: str | Path) -> None:
     """A file that fails onnx's full check is bad input (exit 2), named, before any work."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(src) if is_large(model) else model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise InputError(f"{src} fails onnx's full check: {first}") from None
@@ -188,28 +191,45 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         feeds = generate_feeds(original)  # refuses before any expensive step when it cannot
     if conversion and verify:
         _check_conversion(original, work, feeds, conversion)
-    notes: list[str] = []
-    cleaned = _simplified(work, notes)
+    summary = OptimizedFile(input=str(src), out=str(out), nodes_before=len(original.graph.node), nodes_after=0,
+                            ops_before=op_counts(original), ops_after={}, max_abs_diff=None, rel_diff=None, applied={},
+                            decisions=[], refusals=[], seconds=0.0, conversion=conversion, inputs=source)
+    reference = work if conversion else src
+    del original
+    result = _rewrite(work, summary, polish=polish, fold_layernorm_affine=fold_layernorm_affine,
+                      keep_input=reference is work)
+    del work
+    with staged_model(result, out) as staged:  # checked as the file it will be: external data and all
+        del result  # a model past 2 GB is checked from its file; its copy in memory is not needed
+        full_check(staged, "optimized model")
+        if verify:
+            rep = check_equivalence(reference, staged, feeds=feeds)
+            summary.max_abs_diff, summary.rel_diff = rep.max_abs_diff, rep.rel_diff
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _rewrite(work: onnx.ModelProto, summary: OptimizedFile, *, polish: bool, fold_layernorm_affine: bool,
+             keep_input: bool) -> onnx.ModelProto:
+    """onnxsim's clean-up, the passes, the polish; what they did goes into `summary`."""
+    cleaned = _simplified(work, summary.notes)
     res = None
     if default_opset(cleaned) is None:
-        notes.append("the model imports no default-domain (ai.onnx) opset: nothing for the passes to rewrite")
+        summary.notes.append("the model imports no default-domain (ai.onnx) opset: nothing for the passes to "
+                             "rewrite")
     elif cleaned.graph.node:
-        res = optimize_model(cleaned, fold_layernorm_affine=fold_layernorm_affine)
+        # In place, unless `work` is still the reference of the check (a converted model): a model
+        # of several GB is then not held twice.
+        res = optimize_model(cleaned, fold_layernorm_affine=fold_layernorm_affine,
+                             in_place=cleaned is not work or not keep_input)
     result = res.model if res is not None else cleaned
     if polish and res is not None:
         result = simplify(result, optimize=True)
-    full_check(result, "optimized model")
-    max_diff = rel = None
-    if verify:
-        rep = check_equivalence(work if conversion else original, result, feeds=feeds)
-        max_diff, rel = rep.max_abs_diff, rep.rel_diff
-    save_model(result, out)
-    return OptimizedFile(
-        input=str(src), out=str(out), nodes_before=len(original.graph.node), nodes_after=len(result.graph.node),
-        ops_before=op_counts(original), ops_after=op_counts(result), max_abs_diff=max_diff, rel_diff=rel,
-        applied=dict(res.applied) if res else {}, decisions=list(res.decisions) if res else [],
-        refusals=list(res.refusals) if res else [], seconds=time.perf_counter() - t0, conversion=conversion,
-        inputs=source, notes=notes)
+    if res is not None:
+        summary.applied, summary.decisions = dict(res.applied), list(res.decisions)
+        summary.refusals = list(res.refusals)
+    summary.nodes_after, summary.ops_after = len(result.graph.node), op_counts(result)
+    return result
 
 
 __all__ = ["OptimizedFile", "default_opset", "optimize_file", "upgrade_opset"]

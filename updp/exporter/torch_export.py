@@ -19,8 +19,11 @@ import json
 import logging
 import os
 import platform
+import secrets
+import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -30,8 +33,8 @@ import torch
 
 from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
-from updp.core.io import atomic_path
 from updp.core.version import __version__
+from updp.ort import is_large, model_file, save_external
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +101,16 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
     return proto
 
 
-def full_check(model: onnx.ModelProto, what: str) -> None:
-    """Run the ONNX checker with full shape/type checking; raise one line on failure."""
+def full_check(model: onnx.ModelProto | str | os.PathLike, what: str) -> None:
+    """Run the ONNX checker with full shape/type checking; raise one line on failure. A model over
+    the protobuf limit is checked as a file."""
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except onnx.checker.ValidationError as exc:
+        if isinstance(model, onnx.ModelProto) and is_large(model):
+            with model_file(model) as path:
+                onnx.checker.check_model(path, full_check=True)
+        else:
+            onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise UnsupportedError(f"{what} fails the ONNX checker: {first}") from None
 
@@ -141,11 +149,53 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def save_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Path:
-    """Save atomically. Models over 2 GB are refused: external-data output is not supported yet."""
+def _external_locations(path: Path) -> set[str]:
+    """The external-data files an existing .onnx refers to (empty when it holds its tensors)."""
+    if not path.is_file():
+        return set()
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # an unreadable old file refers to nothing we know of
+        return set()
+    return {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
+
+
+@contextlib.contextmanager
+def staged_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Iterator[Path]:
+    """Write `model` under a temporary name next to `dest` and yield that path (to check it as a
+    file); on success, move it onto `dest`. On any exception nothing at `dest` changes.
+
+    A model over the protobuf limit keeps its tensors in `<dest name>.<token>.data` beside it. The
+    token is new for every write, so the data file is moved into place first (it replaces
+    nothing) and the .onnx that refers to it last: a reader sees the old pair or the new one, never
+    a mix. The old data file is removed after the switch.
+    """
     dest = Path(dest)
-    with atomic_path(dest) as tmp:
-        if model.ByteSize() > 2_000_000_000:
-            raise UnsupportedError("model is over 2 GB; external-data output is not supported yet")
-        onnx.save(model, str(tmp))
-    return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        staged = tmpdir / dest.name
+        location = None
+        if is_large(model):
+            location = f"{dest.name}.{secrets.token_hex(4)}.data"
+            save_external(model, staged, location)
+        else:
+            onnx.save(model, str(staged))
+        del model  # written: a caller that drops its own reference frees the memory while it checks the file
+        yield staged
+        old = _external_locations(dest)
+        if location is not None:
+            os.replace(tmpdir / location, dest.parent / location)
+        os.replace(staged, dest)
+        for name in old - {location}:
+            if Path(name).name == name and name.startswith(f"{dest.name}.") and name.endswith(".data"):
+                (dest.parent / name).unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def save_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Path:
+    """Save atomically (see `staged_model`; models over the protobuf limit with external data)."""
+    with staged_model(model, dest):
+        pass
+    return Path(dest)
