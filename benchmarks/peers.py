@@ -27,8 +27,9 @@ end: the speed of a shared machine varies 2-3x with load, so time on a quiet one
 
 Files: λ = 1 exports (random weights, pruned blocks linear but not merged: what a user hands to an
 optimizer), plain exports of three unpruned models, and the nine model-zoo graphs bundled in the
-onnx wheel (opset 9, upgraded to opset 17). Those carry constant weights (ConstantOfShape), so their
-outputs barely depend on the input: their check is weak and is marked so.
+onnx wheel (opset 9, upgraded to opset 17). Those carry constant weights (ConstantOfShape, all
+0.02), under which outputs barely depend on the input; they get seeded random weights instead, so
+that the correctness check means something (a check that still cannot see the input is marked weak).
 
     .venv/bin/pip install -e '.[peers]'       # onnxslim, onnxoptimizer, onnxscript (onnxsim is a dependency)
     .venv/bin/python benchmarks/peers.py                        # every file, every optimizer
@@ -181,6 +182,47 @@ def export_source(name: str, workdir: Path) -> tuple[Path, dict]:
                  "weights": res.weights, "nodes": res.nodes_after}
 
 
+def random_weights(model, seed: int = 0) -> int:
+    """Replace the zoo graphs' constant weights (`ConstantOfShape` of a fixed shape, all 0.02) by
+    seeded random ones, in place, so that outputs depend on the input and the check means
+    something: He-normal conv/linear weights, small biases, positive BN scales and variances.
+
+    Returns:
+        How many weights were replaced.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = {t.name: t for t in model.graph.initializer}
+    uses = {}
+    for n in model.graph.node:
+        for k, i in enumerate(n.input):
+            uses.setdefault(i, (n.op_type, k))
+    keep, replaced = [], 0
+    for n in model.graph.node:
+        shape_name = n.input[0] if n.op_type == "ConstantOfShape" and n.input else None
+        if shape_name not in inits:
+            keep.append(n)
+            continue
+        shape = tuple(int(d) for d in numpy_helper.to_array(inits[shape_name]))
+        op, k = uses.get(n.output[0], ("", -1))
+        if op == "BatchNormalization" and k in (1, 4):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif len(shape) >= 2:
+            fan_in = int(np.prod(shape[1:])) if op == "Conv" else shape[0]
+            value = rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+        else:
+            value = rng.standard_normal(shape) * 0.05
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), n.output[0]))
+        replaced += 1
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    onnx.checker.check_model(model)
+    return replaced
+
+
 def light_source(name: str, workdir: Path) -> tuple[Path, dict]:
     """A model-zoo graph of the onnx wheel, upgraded from opset 9 to 17 (initializers no longer inputs)."""
     import onnx
@@ -204,6 +246,7 @@ def light_source(name: str, workdir: Path) -> tuple[Path, dict]:
     inputs = [i for i in model.graph.input if i.name not in inits]
     del model.graph.input[:]
     model.graph.input.extend(inputs)
+    replaced = random_weights(model)
     try:
         onnx.checker.check_model(model)
         make_session(model, opt_level="disable", threads=1, providers=PROVIDERS)
@@ -213,7 +256,8 @@ def light_source(name: str, workdir: Path) -> tuple[Path, dict]:
     save_model(model, dst)
     return dst, {"kind": f"onnx model zoo (light), opset {original.opset_import[0].version} -> {LIGHT_OPSET}, "
                          f"IR {original.ir_version} -> {LIGHT_IR}", "model": name, "prune": None,
-                 "weights": "constant (ConstantOfShape)", "nodes": len(model.graph.node)}
+                 "weights": f"random, seeded ({replaced} constant ConstantOfShape weights replaced)",
+                 "nodes": len(model.graph.node)}
 
 
 def input_dependent(reference) -> bool:
