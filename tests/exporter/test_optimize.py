@@ -205,7 +205,8 @@ def test_a_real_model_over_2_gb_is_optimized_and_verified(tmp_path):
     g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Mul", ["m", "s"], ["y"])],
                           "big", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], [big, s])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / "big.onnx"))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(tmp_path / "big.onnx"))
     res = optimize_file(tmp_path / "big.onnx", tmp_path / "o.onnx", verify=True, polish=False,
                         fold_layernorm_affine=False)
     assert res.applied.get("fold_affine_after_linear") == 1 and res.ops_after == {"MatMul": 1}

@@ -5,8 +5,10 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper
+from onnx.backend.test.case.node import function_testcase_helper
 
 from updp.onnx_passes import optimize_model
+from updp.verify import check_equivalence
 
 
 def test_constant_nodes_identity_dropout_sub_div(make_builder, optimized, op_counts):
@@ -216,3 +218,106 @@ def test_non_inverse_transposes_are_kept(builder):
     builder.rename_output(builder.op("Relu", [y]), "y")
     res = optimize_model(builder.model({"x": (2, 3, 4)}, {"y": None}))
     assert "cancel_transposes" not in res.applied
+
+
+def test_sub_of_0d_constant_keeps_0d(optimized):
+    """Regression: Sub(x, c) with 0-d x and c became Add(x, -c) with -c written as shape (1,), so y
+    became (1,) and the full checker failed on the declared 0-d output."""
+    sub = helper.make_node("Sub", ["x", "c"], ["y"], name="/sub")
+    graph = helper.make_graph(
+        [sub],
+        "t",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        [onnx.numpy_helper.from_array(np.array(1.5, np.float32), "c")],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    res = optimized(m)
+    assert res.applied["const_arith_to_affine"] == 1
+    (init,) = res.model.graph.initializer
+    assert list(init.dims) == [] and onnx.numpy_helper.to_array(init) == -1.5
+
+
+def _window_expanded(op: str, periodic: int) -> onnx.ModelProto:
+    """onnx's backend case `test_<op>_expanded`: the window op's function body as plain nodes
+    (the expansion `collect_testcases` runs), for a 0-d int32 size."""
+    node = helper.make_node(op, ["x"], ["y"], periodic=periodic)
+    opset = [helper.make_opsetid("", 17)]
+    size_type = helper.make_tensor_type_proto(TensorProto.INT32, [])
+    (nodes, _), *_ = function_testcase_helper(node, [size_type], f"test_{op.lower()}", opset_imports=opset)[0]
+    graph = helper.make_graph(
+        nodes,
+        f"test_{op.lower()}_expanded",
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [10])],
+    )
+    m = helper.make_model(graph, opset_imports=opset, ir_version=8)
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _ranks(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    vis = list(inferred.graph.value_info) + list(inferred.graph.output)
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in vis if v.type.tensor_type.HasField("shape")}
+
+
+@pytest.mark.parametrize("op", ["HannWindow", "HammingWindow", "BlackmanWindow"])
+@pytest.mark.parametrize("periodic", [1, 0])
+def test_window_function_expanded_keeps_ranks(op, periodic):
+    """Regression (onnx backend cases hann/hamming/blackman window, expanded): the scalar
+    `Sub(size, 1)` became `Add(size, [-1])`, turning the 0-d window length (and everything computed
+    from it) into shape (1,)."""
+    m = _window_expanded(op, periodic)
+    res = optimize_model(m)
+    assert res.applied["const_arith_to_affine"] == 1
+    before, after = _ranks(m), _ranks(res.model)
+    common = before.keys() & after.keys()
+    assert any(k.endswith("Symmetric_Size_FP") for k in common)  # the Sub's output
+    assert {k: after[k] for k in common} == {k: before[k] for k in common}
+    for n in (8, 10):
+        check_equivalence(m, res.model, feeds=[{"x": np.array(n, np.int32)}])
+
+
+def test_div_by_constant_with_non_normal_reciprocal_refused(builder, unchanged, assert_refused):
+    """Regression: x / 1e-39 became x * inf (1/1e-39 overflows float32), and x / 3e38 became x times
+    a subnormal that has lost bits; x / c itself is finite and exact there."""
+    c = builder.const(np.array([2.0, 1e-39, 3e38, 4.0], np.float32))
+    builder.rename_output(builder.op("Div", ["x", c]), "y")
+    res = unchanged(builder.model({"x": (2, 4)}, {"y": None}))
+    assert_refused(res, "const_arith_to_affine", "the divisor's reciprocal is not a normal float")
+
+
+def test_identity_read_by_a_subgraph_from_graph_input_refused(unchanged, assert_refused):
+    """Regression: an Identity whose output only an If branch reads, and whose input is a graph
+    input, passed check but could not be bypassed (the rewrite's assertion failed mid-edit): a
+    tensor a subgraph reads keeps its name, like a graph output."""
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["t"], ["r"], name="/then/relu")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [2, 4])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["t"], ["n"], name="/else/neg")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("n", TensorProto.FLOAT, [2, 4])],
+    )
+    nodes = [
+        helper.make_node("Identity", ["x"], ["t"], name="/id"),
+        helper.make_node("If", ["cond"], ["y"], name="/if", then_branch=branch, else_branch=other),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+    onnx.checker.check_model(m, full_check=True)
+    res = unchanged(m)
+    assert_refused(res, "remove_identity", "output is read by a subgraph and its source cannot be renamed")

@@ -138,3 +138,32 @@ def test_sandwich_dynamic_channels_refused(builder, unchanged, assert_refused):
     m = _sandwich(builder, lambda b, y: b.op("Mul", [y, b.const(b.rand(8))]), shape=(1, 8, "H", "W"))
     res = unchanged(m)
     assert_refused(res, "channels_last_to_nchw", "channel count unknown (dynamic shape)")
+
+
+def test_unnamed_sandwich_ops_keep_node_names_unique(builder, optimized):
+    """Regression: an unnamed Mul in a sandwich released its op type ("Mul") for reuse though
+    another node carried that name, so the rewrite made a second node named "Mul"."""
+    y = builder.op("Transpose", ["x"], perm=[0, 2, 3, 1])
+    y = builder.op("Mul", [y, builder.const(builder.rand(8))], name="")
+    y = builder.op("Transpose", [y], perm=[0, 3, 1, 2])
+    scaled = builder.op("Mul", [builder.op("Relu", [y]), builder.const(builder.rand(8, 1, 1))], "Mul")
+    builder.rename_output(scaled, "y")
+    builder.nodes[1].name = ""
+    res = optimized(builder.model({"x": (1, 8, 3, 4)}, {"y": None}))
+    assert res.applied["channels_last_to_nchw"] == 1
+    names = [n.name for n in res.model.graph.node]
+    assert len(names) == len(set(names)) and "Mul" in names, names
+
+
+def test_integer_sandwich_is_left_alone(builder, unchanged, assert_refused):
+    """Integer math passes through untouched: an int64 Mul between the transposes is refused."""
+    y = builder.op("Transpose", ["x"], perm=[0, 2, 3, 1])
+    builder.inits.append(onnx.numpy_helper.from_array(np.arange(1, 9, dtype=np.int64), "k"))
+    y = builder.op("Mul", [y, "k"], "/scale")
+    builder.rename_output(builder.op("Transpose", [y], perm=[0, 3, 1, 2]), "y")
+    m = builder.model({"x": (1, 8, 3, 4)}, {"y": (1, 8, 3, 4)}, check=False)
+    for v in (*m.graph.input, *m.graph.output):
+        v.type.tensor_type.elem_type = onnx.TensorProto.INT64
+    onnx.checker.check_model(m, full_check=True)
+    res = unchanged(m)
+    assert_refused(res, "channels_last_to_nchw", "Mul '/scale' is not float math (its constant is int64)")

@@ -152,6 +152,24 @@ def test_constant_of_higher_rank_refused(make_builder, unchanged, assert_refused
     assert_refused(res, "fold_affine_after_linear", "constant broadcasts the tensor to a higher rank")
 
 
+@pytest.mark.parametrize("linear", ["MatMul", "Conv"])
+def test_constant_of_higher_rank_before_linear_refused(linear, make_builder, unchanged, assert_refused):
+    """Regression: x (2, 4) * c (1, 1, 4) is (1, 2, 4), and the MatMul's output rank 3. Folding c
+    into the weight left the MatMul reading the rank-2 x, so the output lost a dimension (the
+    checker then failed); likewise x (C, H, W) * c (1, C, 1, 1) feeding a Conv."""
+    b = make_builder(38)
+    if linear == "MatMul":
+        y = b.op("Mul", ["x", b.const(b.rand(1, 1, 4))])
+        b.rename_output(b.op("MatMul", [y, b.const(b.rand(4, 3))]), "y")
+        m = b.model({"x": (2, 4)}, {"y": None})
+    else:
+        y = b.op("Mul", ["x", b.const(b.rand(1, 4, 1, 1))])
+        b.rename_output(b.conv(y, 4, 4, 1), "y")
+        m = b.model({"x": (4, 3, 3)}, {"y": None})
+    res = unchanged(m)
+    assert_refused(res, "fold_affine_before_linear", "constant broadcasts the tensor to a higher rank")
+
+
 def test_bn_after_rank3_matmul_refused(make_builder, unchanged, assert_refused):
     """BN normalizes axis 1 (tokens here); the MatMul's channels are the last axis."""
     b = make_builder(36)

@@ -44,6 +44,19 @@ def test_vit_mlp_onnxsim_gemm_form(make_builder, optimized, op_counts):
     assert res.applied["fold_residual"] == 1
 
 
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_residual_into_gemm_keeps_beta(trans_b, make_builder, optimized, op_counts):
+    """Regression: x + Gemm(x, W, C, alpha, beta) became Gemm(x, W + I, C) with alpha and beta
+    reset to 1, so C lost its beta (the fold rewrote W but left C as it was)."""
+    b = make_builder(14)
+    W = b.rand(6, 6)
+    y = b.op("Gemm", ["x", b.const(W.T if trans_b else W), b.const(b.rand(6))], alpha=2.0, beta=0.5, transB=trans_b)
+    b.rename_output(b.op("Add", ["x", y]), "y")
+    res = optimized(b.model({"x": (3, 6)}, {"y": None}))
+    assert res.applied["fold_residual"] == 1
+    assert op_counts(res.model) == {"Gemm": 1}
+
+
 @pytest.mark.parametrize("case", ["strided", "other_input", "channels", "pad"])
 def test_residual_refusals(case, make_builder):
     b = make_builder(12)

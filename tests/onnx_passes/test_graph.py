@@ -300,3 +300,88 @@ def test_release_name_lets_fresh_reuse_it(builder):
     g.remove(0)
     g.release_name("/act")
     assert g.fresh("/act") == "/act"
+
+
+def test_release_name_keeps_a_name_still_in_use(builder):
+    """A name a live node or a tensor still carries stays taken (node and tensor names share
+    one pool in the view), so `fresh` cannot hand out a duplicate."""
+    y = builder.op("Relu", ["x"], "/act")
+    builder.rename_output(builder.op("Relu", [y], "Relu"), "y")
+    g = Graph(builder.model({"x": (2,)}, {"y": None}))
+    g.remove(0)
+    g.release_name("Relu")  # the other node's name: kept
+    g.release_name(y)  # a tensor that is still read: kept
+    assert g.fresh("Relu") == "Relu_1"
+    assert g.fresh(y) == f"{y}_1"
+
+
+def test_add_init_keeps_0d_constants_0d(builder):
+    builder.rename_output(builder.op("Relu", ["x"]), "y")
+    g = Graph(builder.model({"x": (2,)}, {"y": None}))
+    name = g.add_init(np.array(2.5, np.float32), "c")
+    assert list(g.inits[name].dims) == [] and g.const(name).shape == ()
+    g.set_const_input(0, 0, np.array(1.0, np.float32))
+    assert [list(g.inits[i].dims) for i in g.node(0).input] == [[]]
+
+
+def test_protected_is_recomputed_after_an_edit(builder):
+    """Removing an Identity between Erf and its Add completes the GELU pattern: the Add and Muls
+    after it must be protected for the rest of the sweep, not only from the next one."""
+    h = builder.op("Relu", ["x"])
+    e = builder.op("Identity", [builder.op("Erf", [builder.op("Div", [h, builder.const(np.array(1.4142135))])])])
+    a = builder.op("Add", [e, builder.const(np.array(1.0))], "/act/Add")
+    m = builder.op("Mul", [h, a], "/act/Mul")
+    builder.rename_output(builder.op("Mul", [m, builder.const(np.array(0.5))], "/act/Mul_1"), "y")
+    g = Graph(builder.model({"x": (2, 4)}, {"y": None}))
+    labels = lambda: {g.label(i) for i in g.protected()}  # noqa: E731
+    assert "/act/Add" not in labels()
+    ident = next(i for i in g.alive() if g.node(i).op_type == "Identity")
+    assert g.bypass(ident, g.node(ident).input[0])
+    assert {"/act/Add", "/act/Mul", "/act/Mul_1"} <= labels()
+
+
+def _if_reading(t: str, local: str) -> onnx.NodeProto:
+    """An If whose branches read the outer tensor `t`; the then-branch defines `local`."""
+    then = helper.make_graph(
+        [helper.make_node("Relu", [t], [local], name="/then/relu"), helper.make_node("Neg", [local], ["o1"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("o1", onnx.TensorProto.FLOAT, [2])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Sigmoid", [t], ["o2"], name="/else/sigmoid")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("o2", onnx.TensorProto.FLOAT, [2])],
+    )
+    return helper.make_node("If", ["cond"], ["z"], name="/if", then_branch=then, else_branch=other)
+
+
+def _with_if(b) -> onnx.ModelProto:
+    """x -> Relu "/act" -> t; z = If(cond) reading t; y = z + t (cond a bool graph input)."""
+    t = b.op("Relu", ["x"], "/act")
+    b.nodes.append(_if_reading(t, "local"))
+    b.rename_output(b.op("Add", ["z", t]), "y")
+    m = b.model({"x": (2,), "cond": ()}, {"y": (2,)}, check=False)
+    m.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.BOOL
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def test_subgraph_reads_are_uses_and_its_names_are_taken(builder):
+    g = Graph(_with_if(builder))
+    t = g.node(0).output[0]
+    assert g.uses(t) == 2 and g.single_consumer(t) is None
+    assert g.fresh("local") == "local_1"  # a subgraph may not shadow an outer name
+
+
+def test_finish_orders_a_node_after_the_producers_its_subgraphs_read(builder):
+    """Regression: the topological sort looked only at a node's inputs, so an If whose branch reads
+    a tensor produced by a node a rewrite had just appended was placed before that node."""
+    g = Graph(_with_if(builder))
+    t = g.node(0).output[0]
+    g.remove(0)
+    g.make_node("Sigmoid", ["x"], [t], "/act")  # a rewrite re-creating t, appended last
+    out = g.finish()
+    assert [n.op_type for n in out.graph.node] == ["Sigmoid", "If", "Add"]
+    onnx.checker.check_model(out, full_check=True)

@@ -1,12 +1,14 @@
 """The `optimize_model` contract (updp/onnx_passes/pipeline.py): validated input, untouched input
 model, clean output (no stale value_info or dead initializers), idempotence."""
 
+import numpy as np
 import onnx
 import pytest
 from onnx import helper
 
 from updp.core.errors import InputError
 from updp.onnx_passes import optimize_model
+from updp.verify import check_equivalence
 
 
 def test_pipeline_contract_idempotent_and_clean(mbv2_block, optimized):
@@ -61,3 +63,44 @@ def test_unsupported_models_are_rejected(case, builder):
         match = "opset 11 is too old"
     with pytest.raises(InputError, match=match):
         optimize_model(m)
+
+
+def _branch(name: str, op: str, t: str, local: str | None = None) -> onnx.GraphProto:
+    """A one- or two-node If branch reading the main graph's `t` (optionally via a local tensor)."""
+    nodes = [helper.make_node(op, [t], [local or f"{name}_out"], name=f"/{name}/{op}")]
+    if local:
+        nodes.append(helper.make_node("Neg", [local], [f"{name}_out"], name=f"/{name}/Neg"))
+    out = helper.make_tensor_value_info(f"{name}_out", onnx.TensorProto.FLOAT, [1, 4, 5, 5])
+    return helper.make_graph(nodes, name, [], [out])
+
+
+def test_if_reading_a_main_graph_tensor(make_builder):
+    """The passes optimize the main graph around an If and leave its subgraphs alone: the branches
+    read `t`, the output of a conv chain that merges into one new node, so the If must still come
+    after t's (new) producer; the then-branch defines a tensor named like the merged weight the
+    main graph would otherwise create (a subgraph may not shadow an outer name)."""
+    b = make_builder(30)
+    t = b.bn(b.conv(b.conv("x", 4, 4, 1, name="/conv1"), 4, 4, 1), 4)
+    b.nodes.append(
+        helper.make_node(
+            "If",
+            ["cond"],
+            ["z"],
+            name="/if",
+            then_branch=_branch("then", "Relu", t, local="/conv1_merged_weight"),
+            else_branch=_branch("else", "Sigmoid", t),
+        )
+    )
+    b.rename_output(b.op("Add", ["z", t]), "y")
+    m = b.model({"x": (1, 4, 5, 5), "cond": ()}, {"y": (1, 4, 5, 5)}, check=False)
+    m.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.BOOL
+    onnx.checker.check_model(m, full_check=True)
+    res = optimize_model(m)
+    assert res.applied["merge_conv_chain"] == 1 and res.applied["fold_affine_after_linear"] == 1
+    onnx.checker.check_model(res.model, full_check=True)
+    assert [n.op_type for n in res.model.graph.node] == ["Conv", "If", "Add"]
+    (before,) = [n for n in m.graph.node if n.op_type == "If"]
+    (after,) = [n for n in res.model.graph.node if n.op_type == "If"]
+    assert after.SerializeToString() == before.SerializeToString()
+    x = np.random.default_rng(0).standard_normal((1, 4, 5, 5)).astype(np.float32)
+    check_equivalence(m, res.model, feeds=[{"x": x, "cond": np.array(c)} for c in (True, False)])

@@ -6,6 +6,10 @@ writes new weights without touching initializers shared with nodes outside the m
 end (`finish`) restores a topological node order, drops unused initializers and stale value_info.
 Rules edit only through its methods, so those indexes and caches cannot drift from the protobuf.
 
+Subgraphs (If/Loop/Scan bodies) are left as they are: a main-graph tensor a subgraph reads counts
+as a use (it keeps its name and value), a name a subgraph uses or defines is never handed out for
+a new tensor, and `finish` orders a node after the producers of what its subgraphs read.
+
 The framework: a `Rule` has `match` (cheap: is this the anchor of the pattern?), `check` (every
 precondition, each refusal with a reason; pure) and `rewrite`; `run_rules` drives them and records
 what happened in a `RewriteTally`.
@@ -55,18 +59,44 @@ def const_node_value(node: onnx.NodeProto) -> np.ndarray | None:
     return None  # sparse_value / string values: not handled, treated as non-constant
 
 
-def _subgraph_names(graph: onnx.GraphProto, out: set[str]) -> None:
-    for node in graph.node:
-        for a in node.attribute:
-            subs = (
-                [a.g]
-                if a.type == onnx.AttributeProto.GRAPH
-                else (list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
-            )
-            for sg in subs:
-                for n in sg.node:
-                    out.update(i for i in n.input if i)
-                _subgraph_names(sg, out)
+def _tensor(arr: np.ndarray, name: str) -> onnx.TensorProto:
+    """`arr` as a TensorProto of the same shape.
+
+    Not through `np.ascontiguousarray`, which returns at least 1-D: a 0-d constant written as
+    shape (1,) changes the rank of what it broadcasts with (`from_array` copies any layout).
+    """
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _subgraph_refs(node: onnx.NodeProto) -> tuple[set[str], set[str]]:
+    """(reads, names) of the subgraphs (If/Loop/Scan bodies) of `node`, nested ones included.
+
+    `reads`: every name a subgraph node reads or a subgraph returns as an output, which covers
+    the main-graph tensors it uses (a subgraph may read any tensor of its enclosing scopes without
+    listing it as an input). `names`: every tensor name a subgraph uses or defines, which the main
+    graph must not reuse for a new tensor (a subgraph may not shadow an outer name).
+    """
+    reads: set[str] = set()
+    names: set[str] = set()
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            subs = [a.g]
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            subs = list(a.graphs)
+        else:
+            continue
+        for sg in subs:
+            reads.update(o.name for o in sg.output)
+            names.update(v.name for v in (*sg.input, *sg.output, *sg.value_info))
+            names.update(t.name for t in sg.initializer)
+            for n in sg.node:
+                reads.update(i for i in n.input if i)
+                names.update(o for o in n.output if o)
+                inner_reads, inner_names = _subgraph_refs(n)
+                reads |= inner_reads
+                names |= inner_names
+    names |= reads
+    return reads, names
 
 
 class Graph:
@@ -80,11 +110,15 @@ class Graph:
         self._arrays: dict[str, np.ndarray] = {}
         self.graph_inputs = {i.name for i in g.input}
         self.graph_outputs = {o.name for o in g.output}
-        self.sub_refs: set[str] = set()
-        _subgraph_names(g, self.sub_refs)
+        self.sub_refs: set[str] = set()  # main-graph names a subgraph may read: they count as uses
+        self.sub_names: set[str] = set()  # every name used or defined in a subgraph
+        for n in g.node:
+            reads, names = _subgraph_refs(n)
+            self.sub_refs |= reads
+            self.sub_names |= names
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[int]] = defaultdict(list)
-        self.names: set[str] = set(self.inits) | self.graph_inputs | self.graph_outputs
+        self.names: set[str] = set(self.inits) | self.graph_inputs | self.graph_outputs | self.sub_names
         for idx, n in enumerate(self.nodes):
             self._index(idx, n)
         self.touched: set[str] = set()  # tensors whose value_info may be stale
@@ -99,6 +133,11 @@ class Graph:
         exact algebra, but it breaks that fusion and measured ~7% slower on ConvNeXt-T (ORT 1.31,
         CPU). So these nodes are not rewritten: the erf's producer (a Div/Mul by a constant) and the
         Add/Mul nodes that follow it, up to the second multiply.
+
+        Computed on first use and again after any structural edit (inputs, outputs, op types, nodes
+        added or removed: those methods drop the cache), because a rewrite can complete the
+        pattern, e.g. by removing an Identity between the Erf and its Add, and the rules after it
+        in the same sweep must see those nodes as protected.
         """
         if self._protected is None:
             prot: set[int] = set()
@@ -229,7 +268,7 @@ class Graph:
 
     def add_init(self, arr: np.ndarray, base: str) -> str:
         name = self.fresh(base)
-        self.inits[name] = numpy_helper.from_array(np.ascontiguousarray(arr), name)
+        self.inits[name] = _tensor(arr, name)
         self._arrays[name] = arr
         return name
 
@@ -241,7 +280,7 @@ class Graph:
         produced by a live node is refused, since the graph would then define it twice.
         """
         assert name not in self.producer, f"{name!r} is still produced by a node"
-        self.inits[name] = numpy_helper.from_array(arr, name)
+        self.inits[name] = _tensor(arr, name)
         self._arrays[name] = arr
         self.names.add(name)
 
@@ -255,7 +294,7 @@ class Graph:
         n = self.node(idx)
         old = n.input[pos] if pos < len(n.input) else ""
         if old and old in self.inits and old not in self.graph_inputs and self.uses(old) == 1:
-            self.inits[old] = numpy_helper.from_array(np.ascontiguousarray(arr), old)
+            self.inits[old] = _tensor(arr, old)
             self._arrays[old] = arr
             return old
         name = self.add_init(arr, base or old or f"{n.name or n.op_type}_w")
@@ -272,6 +311,7 @@ class Graph:
         n.input[pos] = name
         if name:
             self.consumers[name].append(idx)
+        self._protected = None
 
     def truncate_inputs(self, idx: int, count: int) -> None:
         n = self.node(idx)
@@ -280,6 +320,7 @@ class Graph:
             if old and idx in self.consumers.get(old, ()):
                 self.consumers[old].remove(idx)
             del n.input[-1]
+        self._protected = None
 
     def set_output(self, idx: int, pos: int, name: str) -> None:
         n = self.node(idx)
@@ -289,6 +330,7 @@ class Graph:
         n.output[pos] = name
         self.producer[name] = idx
         self.touched.add(name)
+        self._protected = None
 
     def set_op_type(self, idx: int, op: str) -> None:
         """Change the operator of node `idx`, keeping its inputs, outputs and attributes.
@@ -301,6 +343,7 @@ class Graph:
         n.op_type = op
         for o in n.output:
             self._arrays.pop(o, None)
+        self._protected = None
 
     def set_attribute(self, idx: int, name: str, value) -> None:
         """Set attribute `name` of node `idx` to `value`.
@@ -321,23 +364,43 @@ class Graph:
         n.attribute.append(new)
 
     def release_name(self, name: str) -> None:
-        """Let `fresh` hand out `name` again.
+        """Let `fresh` hand out `name` again, if nothing in the graph carries it any more.
 
         For a rewrite that replaces a removed node by a new one and wants the new node to keep the
-        exported name (it names the model's scopes in reports).
+        exported name (it names the model's scopes in reports). Node and tensor names share one
+        pool here, so a name still carried by a live node or a tensor stays taken: freeing it
+        would let `fresh` hand out a duplicate.
         """
+        if any(n is not None and n.name == name for n in self.nodes):
+            return
+        if self._tensor_name_in_use(name):
+            return
         self.names.discard(name)
+
+    def _tensor_name_in_use(self, name: str) -> bool:
+        """Is `name` a tensor of the graph or of one of its subgraphs?"""
+        return (
+            name in self.producer
+            or bool(self.consumers.get(name))
+            or name in self.inits
+            or name in self.graph_inputs
+            or name in self.graph_outputs
+            or name in self.sub_refs
+            or name in self.sub_names
+        )
 
     def remove(self, idx: int) -> None:
         n = self.node(idx)
         self._unindex(idx, n)
         self.nodes[idx] = None
+        self._protected = None
 
     def add(self, node: onnx.NodeProto) -> int:
         self.nodes.append(node)
         idx = len(self.nodes) - 1
         self._index(idx, node)
         self.touched.update(o for o in node.output if o)
+        self._protected = None
         return idx
 
     def make_node(self, op: str, inputs: list[str], outputs: list[str], name: str, **attrs) -> int:
@@ -392,7 +455,8 @@ class Graph:
         g.node.extend(new_nodes)
         inits = [t for name, t in self.inits.items() if name in used or name in self.graph_inputs]
         del g.initializer[:]
-        g.initializer.extend(inits)
+        for t in inits:  # one by one with CopyFrom: extend() serializes, which fails past protobuf's 2 GB
+            g.initializer.add().CopyFrom(t)
         produced = {o for n in new_nodes for o in n.output}
         keep = [vi for vi in g.value_info if vi.name in produced and vi.name not in self.touched]
         del g.value_info[:]
@@ -400,12 +464,19 @@ class Graph:
         return self.model
 
     def _topo_order(self) -> list[int]:
+        """Node indices in a topological order (ties by index, so a sorted graph keeps its order).
+
+        A node with subgraphs also depends on the main-graph tensors those read, though they are
+        not among its inputs.
+        """
         alive = self.alive()
         avail = set(self.graph_inputs) | set(self.inits) | {""}
         indeg: dict[int, int] = {}
         waiting: dict[str, list[int]] = defaultdict(list)
         for idx in alive:
-            missing = {i for i in self.nodes[idx].input if i not in avail and i in self.producer}
+            n = self.nodes[idx]
+            reads = [*n.input, *_subgraph_refs(n)[0]]
+            missing = {i for i in reads if i not in avail and i in self.producer and self.producer[i] != idx}
             indeg[idx] = len(missing)
             for m in missing:
                 waiting[m].append(idx)

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from updp.identities import bn_to_affine
 from updp.onnx_passes._graph import Graph, attr, channel_vector, float_dtype
@@ -123,8 +122,9 @@ def conv_params(g: Graph, idx: int) -> tuple[int, tuple, tuple, tuple, str]:
 def write_linear(g: Graph, lin: Linear, W: np.ndarray, b: np.ndarray | None) -> None:
     """Write new float64 weights back into the unit's node(s), in the model's dtype.
 
-    A MatMul without a bias Add keeps none unless `b` is given and nonzero (the caller then must
-    add an Add node: see `append_bias_add`)."""
+    `b` None leaves the bias as it is (a Gemm's C keeps its beta then, since `lin.b` has beta
+    folded in but C does not). A MatMul without a bias Add keeps none unless `b` is given and
+    nonzero (the caller then must add an Add node: see `append_bias_add`)."""
     n = g.node(lin.idx)
     dt = lin.dtype
     if lin.kind == "conv":
@@ -134,11 +134,12 @@ def write_linear(g: Graph, lin: Linear, W: np.ndarray, b: np.ndarray | None) -> 
     elif lin.kind == "gemm":
         Wst = W.T if attr(n, "transB", 0) else W
         g.set_const_input(lin.idx, 1, Wst.astype(dt))
-        for k in ("alpha", "beta"):  # now folded into W and b; absent means 1 already
-            if attr(n, k) is not None:
-                g.set_attribute(lin.idx, k, 1.0)
+        if attr(n, "alpha") is not None:  # folded into W now; absent means 1 already
+            g.set_attribute(lin.idx, "alpha", 1.0)
         if b is not None:
             g.set_const_input(lin.idx, 2, b.astype(dt), base=f"{n.name or 'gemm'}_bias")
+            if attr(n, "beta") is not None:  # folded into the new C
+                g.set_attribute(lin.idx, "beta", 1.0)
     else:
         g.set_const_input(lin.idx, 1, W.astype(dt))
         if lin.bias_idx is not None and b is not None:
@@ -244,8 +245,3 @@ def through_reshape(g: Graph, name: str) -> tuple[int | None, int | None]:
     if si is None or so is None or len(si) < 1 or len(so) < 1 or si[-1] != so[-1]:
         return None, c
     return c, g.single_consumer(r.output[0])
-
-
-def is_onnx_float(t: int) -> bool:
-    """Is ONNX element type `t` a floating-point type the passes fold?"""
-    return t in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)

@@ -10,13 +10,16 @@ Rules:
 ``remove_identity`` / ``remove_dropout``
     Before: ``x -> Identity -> y`` (or inference ``Dropout``).  After: readers of ``y`` read ``x``.
     Conditions: Dropout's mask output is unused and ``training_mode`` is absent or constant false;
-    if ``y`` is a graph output, the producer of ``x`` must be renameable (``x`` has one reader and
-    is not itself a graph output).
+    if ``y`` is a graph output (or read by a subgraph), the producer of ``x`` must be renameable
+    (``x`` has one reader and is neither a graph output nor read by a subgraph).
 
 ``sub_const_to_add`` / ``div_const_to_mul``
     Before: ``Sub(x, c)`` / ``Div(x, c)`` with a float constant c.
     After: ``Add(x, -c)`` / ``Mul(x, 1 / c)``, so that affine folds see one form.
-    Formula: x - c = x + (-c); x / c = x * (1/c) (rounding differs by at most 1 ulp).
+    Conditions: for Div, every 1/c is a normal float of c's dtype (a subnormal c has an infinite
+    reciprocal, a huge one a subnormal reciprocal: x * (1/c) would be inf or lose bits where
+    x / c does not). The new constant has c's shape (a 0-d c stays 0-d: the output keeps its rank).
+    Formula: x - c = x + (-c) (exact); x / c = x * (1/c) (rounding differs by about 1 ulp).
 
 ``remove_neutral_elementwise``
     Before: ``Add(x, 0)`` / ``Mul(x, 1)`` with a constant of zeros / ones.  After: readers read x.
@@ -51,15 +54,28 @@ from updp.onnx_passes._graph import (
 )
 
 
-def _unrenamable_source(g: Graph, out: str, src: str) -> bool:
-    """Would bypassing a node from `src` to `out` need to rename a tensor that cannot be renamed?
+def _unrenamable_source(g: Graph, out: str, src: str) -> Refusal | None:
+    """Why bypassing a node from `src` to `out` would need to rename a tensor that cannot be
+    renamed, or None if it would not.
 
-    A graph output keeps its name, so the producer of `src` would have to be renamed instead, which
-    is only possible if it exists, `src` has no other reader and is not itself a graph output.
+    A graph output, or a tensor a subgraph reads, keeps its name, so the producer of `src` would
+    have to be renamed instead, which is only possible if it exists and `src` has no other reader
+    (node, graph output or subgraph): the conditions of `Graph.bypass`.
     """
-    if out not in g.graph_outputs:
-        return False
-    return g.producer_of(src) is None or src in g.graph_outputs or len(g.consumers.get(src, ())) != 1
+    if out in g.graph_outputs:
+        what = "a graph output"
+    elif out in g.sub_refs:
+        what = "read by a subgraph"
+    else:
+        return None
+    if (
+        g.producer_of(src) is None
+        or src in g.graph_outputs
+        or src in g.sub_refs
+        or len(g.consumers.get(src, ())) != 1
+    ):
+        return f"output is {what} and its source cannot be renamed"
+    return None
 
 
 # ------------------------------------------------------------------------- Constant
@@ -120,8 +136,9 @@ class RemoveIdentity(Rule[IdentityMatch, Proceed]):
 
     def check(self, g: Graph, m: IdentityMatch) -> Refusal | Proceed:
         n = g.node(m.idx)
-        if _unrenamable_source(g, n.output[0], n.input[0]):
-            return "output is a graph output and its source cannot be renamed"
+        why = _unrenamable_source(g, n.output[0], n.input[0])
+        if why:
+            return why
         return PROCEED
 
     def rewrite(self, g: Graph, m: IdentityMatch, plan: Proceed, tally: RewriteTally) -> None:
@@ -167,8 +184,9 @@ class RemoveNeutralElementwise(Rule[NeutralElementwiseMatch, Proceed]):
             for dc, dx in zip(reversed(c.shape), reversed(xs)):
                 if dc != 1 and not (isinstance(dx, int) and dx == dc):
                     return "the constant may broadcast x to a larger shape"
-        if _unrenamable_source(g, g.node(m.idx).output[0], m.x):
-            return "output is a graph output and its source cannot be renamed"
+        why = _unrenamable_source(g, g.node(m.idx).output[0], m.x)
+        if why:
+            return why
         return PROCEED
 
     def rewrite(self, g: Graph, m: NeutralElementwiseMatch, plan: Proceed, tally: RewriteTally) -> None:
@@ -202,8 +220,15 @@ class ConstArithmetic(Rule[ConstArithmeticMatch, Proceed]):
     def check(self, g: Graph, m: ConstArithmeticMatch) -> Refusal | Proceed:
         n = g.node(m.idx)
         c = g.const(n.input[1])
-        if n.op_type == "Div" and np.any(c == 0):
-            return "divisor has zeros"
+        if n.op_type == "Div":
+            if np.any(c == 0):
+                return "divisor has zeros"
+            with np.errstate(over="ignore", divide="ignore"):
+                r = (1.0 / c.astype(np.float64)).astype(c.dtype)
+            tiny = np.finfo(c.dtype).tiny
+            if np.any(np.isinf(r) & np.isfinite(c)) or np.any((r != 0) & (np.abs(r) < tiny)):
+                # x * (1/c) then overflows where x / c does not, or loses bits in a subnormal 1/c
+                return "the divisor's reciprocal is not a normal float (it overflows or is subnormal)"
         return PROCEED
 
     def rewrite(self, g: Graph, m: ConstArithmeticMatch, plan: Proceed, tally: RewriteTally) -> None:
@@ -251,8 +276,9 @@ class CancelTransposes(Rule[TransposePairMatch, Proceed]):
     def check(self, g: Graph, m: TransposePairMatch) -> Refusal | Proceed:
         out = g.node(m.second).output[0]
         src = g.node(m.first).input[0]
-        if out in g.graph_outputs and (g.producer_of(src) is None or g.uses(src) != 1):
-            return "output is a graph output and its source cannot be renamed"
+        why = _unrenamable_source(g, out, src)
+        if why:
+            return why
         return PROCEED
 
     def rewrite(self, g: Graph, m: TransposePairMatch, plan: Proceed, tally: RewriteTally) -> None:

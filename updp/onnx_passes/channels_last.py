@@ -12,7 +12,7 @@
     After:  ``x -> the same ops in NCHW -> y`` with MatMul(W: (K, N)) / Gemm -> Conv 1x1 with weight
     W^T[:, :, None, None], Mul/Add constants reshaped to (1, C, 1, 1), Reshapes dropped.
     Conditions: a single path (every intermediate has one reader); every op acts on the last axis
-    only: MatMul/Gemm with a constant 2-D weight, Mul/Add/Sub/Div with a constant varying only
+    only: MatMul/Gemm with a constant 2-D weight, Mul/Add/Sub/Div with a float constant varying only
     along the last axis, Reshape keeping the last dimension (then the static shape entering the
     closing Transpose must equal the one leaving the opening Transpose). Anything else (a
     LayerNormalization, a nonlinearity) keeps the sandwich as it is.
@@ -26,7 +26,16 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import helper
 
-from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, attr, channel_vector, run_rules
+from updp.onnx_passes._graph import (
+    Graph,
+    Refusal,
+    RewriteTally,
+    Rule,
+    attr,
+    channel_vector,
+    float_dtype,
+    run_rules,
+)
 from updp.onnx_passes._linear import Linear, parse_affine, parse_linear
 from updp.onnx_passes.canonicalize import perm_inverse
 
@@ -138,6 +147,8 @@ def _sandwich_op(g: Graph, i: int, C: int | None, has_reshape: bool) -> Refusal 
         if op in ("Sub", "Div") and c1 is None:
             return f"{op} {n.name!r} has the tensor as second operand"
         c = c1 if c1 is not None else c0
+        if not float_dtype(c):
+            return f"{op} {n.name!r} is not float math (its constant is {c.dtype})"
         if C is None:
             return "channel count unknown (dynamic shape)"
         if c.ndim > 4 or channel_vector(c, 4, -1, C) is None:
@@ -208,7 +219,8 @@ class ChannelsLastSandwich(Rule[SandwichMatch, SandwichPlan]):
         for k, (op, n) in enumerate(compute):
             out = y if k == len(compute) - 1 else g.fresh(n.output[0] + "_nchw")
             name = n.name or n.op_type
-            g.release_name(name)  # the old node is gone: the new one keeps its name
+            if n.name:
+                g.release_name(n.name)  # the old node is gone: the new one keeps its name
             if op.kind == "linear":
                 _emit_conv1x1(g, op.linear, n, name, cur, out)
             else:

@@ -14,10 +14,11 @@ Adds) into the adjacent Conv / Gemm / MatMul.
     Before: ``x -> A -> [Reshape keeping the last dim] -> Linear(.; W, b) -> y``
     After:  ``x -> [Reshape] -> Linear(.; W', b') [-> Add(border correction)] -> y``
     Conditions: A's output has the linear as only reader (through at most one Reshape that keeps
-    the last dimension, for MatMul/Gemm); constant per input channel. For a zero-padded Conv and a
-    nonzero shift: 2-D, dilation 1, explicit pads and a static input shape, because the shift does
-    not reach the padded border: the exact form adds a constant (1, O, Ho, Wo) correction
-    computed by `identities.conv_bias_field`, emitted only if it is nonzero.
+    the last dimension, for MatMul/Gemm); constant per input channel, of no higher rank than x (a
+    higher-rank constant broadcasts x up, and the linear would then read x's lower rank). For a
+    zero-padded Conv and a nonzero shift: 2-D, dilation 1, explicit pads and a static input shape,
+    because the shift does not reach the padded border: the exact form adds a constant
+    (1, O, Ho, Wo) correction computed by `identities.conv_bias_field`, emitted only if nonzero.
     Formula: W(x s + t) + b = (W diag(s)) x + (W t + b)  (`identities.fold_affine_before_conv_exact`
     / `fold_affine_before_matmul`).
 """
@@ -195,6 +196,10 @@ class FoldAffineBefore(Rule[AffineBeforeLinearMatch, AffineBeforeLinearPlan]):
         a, r, lin = m.affine, m.reshape, m.linear
         if isinstance(lin, str):
             return lin
+        rank_x = g.rank(a.x)
+        if a.const is not None and a.const.ndim > (rank_x if rank_x is not None else 1):
+            # x * c with c of a higher rank broadcasts x up: the linear would read a lower rank
+            return "constant broadcasts the tensor to a higher rank"
         if lin.kind == "conv":
             groups = conv_params(g, lin.idx)[0]
             vec = affine_vectors(g, a, lin.W.ndim, 1, lin.W.shape[1] * groups)

@@ -8,6 +8,7 @@ a tensor created by a rewrite has no inferred shape until the next iteration).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -25,6 +26,7 @@ from updp.onnx_passes.fold_affine import fold_affine
 from updp.onnx_passes.fold_layernorm import fold_layernorm
 from updp.onnx_passes.fold_residual import fold_residual
 from updp.onnx_passes.merge_linear_chain import merge_chains
+from updp.ort import is_large, model_file
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +84,14 @@ def optimize_model(
     max_iterations: int = 10,
     cost_model: CostModel = DEFAULT_COST_MODEL,
     fold_layernorm_affine: bool = False,
+    in_place: bool = False,
 ) -> OptimizeResult:
     """Fold BatchNorm/LayerNorm/affines, rewrite channels-last sandwiches, merge linear chains
     (cost-planned) and fold residuals, repeating until a fixed point.
 
     Args:
-        model: any ONNX model (opset >= 13; 17+ for LayerNormalization). Not modified.
+        model: any ONNX model (opset >= 13; 17+ for LayerNormalization). Not modified, unless
+            `in_place`.
         max_iterations: upper bound on repeat rounds.
         cost_model: the estimates the chain planner minimizes.
         fold_layernorm_affine: also fold LayerNormalization's gamma/beta into the following linear.
@@ -95,15 +99,20 @@ def optimize_model(
             fold never removes work on its own, and folding beta into a MatMul bias that was zero
             keeps an Add alive that simplifiers would otherwise delete (measured 3% slower on
             ConvNeXt-T, ORT 1.31 CPU). Turn it on when a later step needs an affine-free LN.
+        in_place: rewrite `model` itself instead of a copy (for a caller that no longer needs
+            it: a model of several GB is then not held twice).
 
     Raises:
         InputError: the model has no graph or an unsupported opset.
     """
     t0 = time.perf_counter()
     _validate(model)
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
     ops_before, nodes_before = _ops(model), len(model.graph.node)
+    if in_place:
+        work = model
+    else:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
     # Two phases per round, each on a fresh view (fresh shapes): the planner needs the spatial
     # sizes of tensors that the folds and the channels-last rewrite have just created.
     folds = (canonicalize, channels_last, fold_affine) + ((fold_layernorm,) if fold_layernorm_affine else ())
@@ -114,8 +123,9 @@ def optimize_model(
     run = _iterate(work, phases, max_iterations)
     work = run.model
     try:
-        onnx.checker.check_model(work, full_check=True)
-    except onnx.checker.ValidationError as exc:  # a bug in a rewrite, not a user error
+        with model_file(work) if is_large(work) else contextlib.nullcontext(work) as checkable:
+            onnx.checker.check_model(checkable, full_check=True)  # past protobuf's 2 GB: as a file
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:  # a rewrite's bug
         raise RuntimeError(f"optimized model fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
     res = OptimizeResult(
         work,
