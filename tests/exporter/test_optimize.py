@@ -1,16 +1,19 @@
-"""`optimize_file` on files of every kind: float16 and double graphs merged and verified, integer
+"""`optimize_file` on files of every kind: float16, bfloat16 and double graphs merged and verified, integer
 math untouched, subgraphs left alone, old opsets converted, inputs that cannot be generated."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 from updp.cli import main
 from updp.core.errors import UnsupportedError
 from updp.exporter.optimize import optimize_file, upgrade_opset
+from updp.verify import TOLERANCES
 
 
 def _conv_bn_relu_conv(dtype: int, seed: int = 0) -> onnx.ModelProto:
@@ -43,6 +46,35 @@ def test_float16_and_double_graphs_are_merged_and_verified(tmp_path, dtype):
     out = onnx.load(str(tmp_path / "o.onnx"))
     assert out.graph.input[0].type.tensor_type.elem_type == dtype
     assert all(t.data_type == dtype for t in out.graph.initializer)
+
+
+def test_bfloat16_matmul_chain_is_merged_and_verified_by_the_reference_evaluator(tmp_path):
+    """ONNX defines no bfloat16 Conv, and ORT's CPU provider runs no bfloat16 Mul: a bfloat16
+    MatMul chain is merged in float64, cast back once, and checked with onnx's reference evaluator."""
+    bf16 = ml_dtypes.bfloat16
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(bf16), name)
+
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"]), helper.make_node("Add", ["a", "b1"], ["b"]),
+             helper.make_node("MatMul", ["b", "w2"], ["c"]), helper.make_node("Add", ["c", "b2"], ["d"]),
+             helper.make_node("Mul", ["d", "s"], ["e"]), helper.make_node("Relu", ["e"], ["y"])]
+    bf = TensorProto.BFLOAT16
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", bf, [2, 8, 16])],
+                          [helper.make_tensor_value_info("y", bf, [2, 8, 16])],
+                          [init("w1", 16, 32), init("b1", 32), init("w2", 32, 16), init("b2", 16), init("s", 16)])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / "b.onnx"))
+    res = optimize_file(tmp_path / "b.onnx", tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
+    assert res.applied.get("merge_matmul_chain") == 1
+    assert res.ops_after == {"Add": 1, "MatMul": 1, "Relu": 1}
+    out = onnx.load(str(tmp_path / "o.onnx"))
+    assert all(t.data_type == bf for t in out.graph.initializer)
+    x = rng.standard_normal((2, 8, 16)).astype(bf16)
+    want = ReferenceEvaluator(str(tmp_path / "b.onnx")).run(None, {"x": x})[0].astype(np.float64)
+    got = ReferenceEvaluator(str(tmp_path / "o.onnx")).run(None, {"x": x})[0].astype(np.float64)
+    rtol, atol = TOLERANCES["bfloat16"]
+    assert np.abs(got - want).max() <= atol + rtol * np.abs(want).max()
 
 
 def test_integer_math_passes_through_untouched(tmp_path):

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeAlias, TypeVar
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -643,8 +644,15 @@ def run_rules(g: Graph, rules: Sequence[Rule], tally: RewriteTally) -> None:
 # --------------------------------------------------------------------- helpers for affine ops
 
 
+# The float dtypes whose math the passes rewrite. bfloat16 comes from ml_dtypes (numpy has none)
+# and is not an np.floating; the float8/float4 types are left alone: ONNX defines no Conv, MatMul
+# or Gemm on them, so there is nothing of theirs to merge.
+REWRITTEN_FLOATS = (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32), np.dtype(np.float64))
+
+
 def float_dtype(arr: np.ndarray) -> bool:
-    return np.issubdtype(arr.dtype, np.floating)
+    """Whether `arr` holds float math the passes may rewrite (computed in float64, cast back once)."""
+    return arr.dtype in REWRITTEN_FLOATS
 
 
 def channel_vector(c: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:

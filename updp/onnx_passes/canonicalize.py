@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 
 from updp.onnx_passes._graph import (
@@ -225,7 +226,7 @@ class ConstArithmetic(Rule[ConstArithmeticMatch, Proceed]):
                 return "divisor has zeros"
             with np.errstate(over="ignore", divide="ignore"):
                 r = (1.0 / c.astype(np.float64)).astype(c.dtype)
-            tiny = np.finfo(c.dtype).tiny
+            tiny = ml_dtypes.finfo(c.dtype).tiny
             if np.any(np.isinf(r) & np.isfinite(c)) or np.any((r != 0) & (np.abs(r) < tiny)):
                 # x * (1/c) then overflows where x / c does not, or loses bits in a subnormal 1/c
                 return "the divisor's reciprocal is not a normal float (it overflows or is subnormal)"

@@ -44,7 +44,7 @@ from updp.identities import (
     dense_kernel,
     fold_affine_before_conv,
 )
-from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, run_rules
+from updp.onnx_passes._graph import Graph, Refusal, RewriteTally, Rule, float_dtype, run_rules
 from updp.onnx_passes._linear import Linear, conv_params, parse_linear
 from updp.onnx_passes.cost import DEFAULT_COST_MODEL, CostModel
 
@@ -164,7 +164,7 @@ def parse_conv_unit(g: Graph, idx: int) -> ConvUnit | str | None:
         an = g.node(a)
         other = an.input[1] if an.input[0] == out else an.input[0]
         c = g.const(other)
-        if c is not None and np.issubdtype(c.dtype, np.floating) and c.ndim <= 4:
+        if c is not None and float_dtype(c) and c.ndim <= 4:
             c4 = c.reshape((1,) * (4 - c.ndim) + c.shape)
             target = (1, lin.W.shape[0]) + out_hw
             if all(d in (1, t) for d, t in zip(c4.shape, target, strict=True)) and c4.shape[0] == 1:
