@@ -64,7 +64,8 @@ def test_bfloat16_matmul_chain_is_merged_and_verified_by_the_reference_evaluator
     g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", bf, [2, 8, 16])],
                           [helper.make_tensor_value_info("y", bf, [2, 8, 16])],
                           [init("w1", 16, 32), init("b1", 32), init("w2", 32, 16), init("b2", 16), init("s", 16)])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(tmp_path / "b.onnx"))
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(tmp_path / "b.onnx"))
     res = optimize_file(tmp_path / "b.onnx", tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
     assert res.applied.get("merge_matmul_chain") == 1
     assert res.ops_after == {"Add": 1, "MatMul": 1, "Relu": 1}
