@@ -163,6 +163,11 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _one_line(message: object) -> str:
+    """An error is one line on stderr, whatever the library that raised it put in its text."""
+    return " ".join(str(message).split())
+
+
 def _emit(args, payload: dict, text: str) -> None:
     """Print JSON (for pipelines) or the human summary."""
     if getattr(args, "json", False):
@@ -435,31 +440,48 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--json", action="store_true", help="machine-readable summary on stdout")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line with a hint (not the usage block and the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_verbosity(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v/-q before the subcommand or after it. A subcommand's copies default to SUPPRESS, so
+    that not giving them there keeps what the top level parsed."""
+    verbosity = p.add_mutually_exclusive_group()
+    kw = {} if top else {"default": argparse.SUPPRESS}
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks", **kw)
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors", **kw)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
-    p = argparse.ArgumentParser(
+    p = OneLineErrorParser(
         prog="updp", formatter_class=fmt,
         description="Depth-prune vision models (UPDP), merge the linearized blocks exactly in ONNX, "
                     "and prove the speedup with ONNX Runtime.",
         epilog="examples:\n  updp blocks convnext_tiny\n  updp export convnext_tiny --prune 6 --out p6.onnx\n"
                "  updp bench base.onnx p6.onnx --threads 2\n\n" + EPILOG_EXIT_CODES)
     p.add_argument("--version", action="version", version=f"updp {__version__}")
-    verbosity = p.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    _add_verbosity(p, top=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, epilog, func) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, formatter_class=fmt, epilog=epilog)
+        _add_verbosity(sp, top=False)
         add_config_arguments(sp, WORKFLOW_CONFIGS[name])
         if name in JSON_COMMANDS:
             sp.add_argument("--json", action="store_true", help="machine-readable output on stdout")
         sp.set_defaults(func=func)
     sp = sub.add_parser("run", help="the whole chain: baseline, search, prune, export, eval, bench, report",
                         formatter_class=fmt, epilog=RUN_EPILOG)
+    _add_verbosity(sp, top=False)
     _add_run_arguments(sp)
     sp.set_defaults(func=cmd_run)
     sp = sub.add_parser("demo", help="the embedded default: the whole UPDP pipeline on mnist5k + convnext_atto "
                                      "(~3 min)", formatter_class=fmt, epilog=DEMO_EPILOG)
+    _add_verbosity(sp, top=False)
     add_config_arguments(sp, DemoConfig)
     sp.set_defaults(func=cmd_demo)
     return p
@@ -480,21 +502,26 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    if args.verbose and args.quiet:
+        parser.error("-v and -q exclude each other")
     _configure_logging(args)
     t0 = time.perf_counter()
     try:
         code = args.func(args)
     except UpdpError as exc:
-        print(f"updp {args.command}: error: {exc}", file=sys.stderr)
+        _stderr(f"updp {args.command}: error: {_one_line(exc)}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"updp {args.command}: interrupted", file=sys.stderr)
+        _stderr(f"updp {args.command}: interrupted")
         return 130
     except Exception as exc:  # a bug: one line by default, the traceback with --verbose
         if args.verbose:
             raise
-        print(f"updp {args.command}: internal error: {type(exc).__name__}: {exc} (rerun with -v for the "
-              "traceback)", file=sys.stderr)
+        if isinstance(exc, OSError) and exc.filename is not None:  # the user's file system: a path to fix
+            _stderr(f"updp {args.command}: error: {exc.filename}: {_one_line(exc.strerror or exc)}")
+            return 2
+        _stderr(f"updp {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with -v "
+                "for the traceback)")
         return 1
     logger.debug("%s finished in %.1f s", args.command, time.perf_counter() - t0)
     return code

@@ -29,6 +29,7 @@ The trainer calls `set_epoch(e)` on the training dataset.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import pickle
@@ -213,6 +214,27 @@ def _digits(size, split_seed, spec) -> DataBundle:
                                hflip=False, source="scikit-learn 8x8 digits")
 
 
+class CifarUnpickler(pickle.Unpickler):
+    """The CIFAR-10 batches are pickles, and a pickle can name any callable to run while it loads. This
+    one resolves only what those files contain: a dict of bytes, lists and one uint8 numpy array (labels may be numpy scalars)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def __init__(self, file) -> None:
+        super().__init__(file, encoding="bytes")
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: not part of the CIFAR-10 format")
+        if module == "numpy.core.multiarray":  # written by numpy 1.x; numpy 2 keeps it under numpy._core
+            module = "numpy._core.multiarray"
+        return getattr(importlib.import_module(module), name)
+
+
 def _cifar10(path: str, size, split_seed, spec) -> DataBundle:
     root = Path(path)
     if not root.exists():
@@ -228,10 +250,10 @@ def _cifar10(path: str, size, split_seed, spec) -> DataBundle:
     for n in names:
         try:
             with open(root / n, "rb") as f:
-                d = pickle.load(f, encoding="bytes")  # noqa: S301 (the standard CIFAR format is a pickle)
+                d = CifarUnpickler(f).load()
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[b"labels"], dtype=np.int64))
-        except Exception as e:  # a truncated or foreign file
+        except Exception as e:  # a truncated, foreign or hostile file
             raise InputError(f"--data cifar10: cannot read {root / n}: {type(e).__name__}: {e}") from None
     x = np.concatenate(xs)
     y = np.concatenate(ys)
@@ -264,7 +286,10 @@ class _FolderSplit(Dataset):
     def __getitem__(self, i: int):
         idx = int(self.indices[i])
         path, label = self.folder.samples[idx]
-        img = self.folder.loader(path)
+        try:
+            img = self.folder.loader(path)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, corrupt or not an image
+            raise InputError(f"--data imagefolder: cannot read image {path}: {' '.join(str(e).split())}") from None
         if self.augment:
             # torchvision transforms draw from the global torch RNG: fork it, seeded per item.
             with torch.random.fork_rng(devices=[]):

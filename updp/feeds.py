@@ -236,7 +236,22 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict]:
     for f in feeds:
         if set(f) != names:
             raise InputError(f"inputs {p} name {sorted(f)}, the model takes {sorted(names)}")
+        _refuse_empty(f, graph_inputs(model), p)
     return feeds
+
+
+def _refuse_empty(feeds: dict, slots: list[InputSlot], path: Path) -> None:
+    """An input with no elements (a batch of 0) makes every output empty, and two empty outputs
+    always match: a check on it would pass any rewrite. Allowed only where the model itself fixes a
+    0-length dimension."""
+    for slot in slots:
+        value = feeds.get(slot.name)
+        if not isinstance(value, np.ndarray) or value.size:
+            continue
+        if slot.shape is not None and 0 in slot.shape:
+            continue
+        raise InputError(f"inputs {path}: {slot.name!r} has shape {list(value.shape)}, no elements, so the check "
+                         "would compare empty outputs; give at least one element (a batch of 1 or more)")
 
 
 __all__ = ["DEFAULT_SYMBOLIC_DIM", "InputSlot", "SHAPE_LIKE_SLOTS", "generate_feeds", "graph_inputs", "load_feeds",

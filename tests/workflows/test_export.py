@@ -79,6 +79,6 @@ def test_checkpoint_with_another_class_count(atto_checkpoint, tmp_path):
 def test_garbage_checkpoint(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(InputError, match="cannot read checkpoint"):
+    with pytest.raises(InputError, match="not a PyTorch checkpoint"):
         export(ExportConfig(model="timm:convnext_atto", checkpoint=str(bad), input_size=SIZE,
                             out=str(tmp_path / "unused.onnx")))

@@ -19,8 +19,8 @@ import json
 import logging
 import os
 import platform
+import re
 import secrets
-import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -33,6 +33,7 @@ import torch
 
 from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
+from updp.core.io import commit, finish_file, staged_dir, writing
 from updp.core.version import __version__
 from updp.ort import is_large, model_file, save_external
 
@@ -149,17 +150,6 @@ def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
-def _external_locations(path: Path) -> set[str]:
-    """The external-data files an existing .onnx refers to (empty when it holds its tensors)."""
-    if not path.is_file():
-        return set()
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # an unreadable old file refers to nothing we know of
-        return set()
-    return {entry.value for t in model.graph.initializer for entry in t.external_data if entry.key == "location"}
-
-
 @contextlib.contextmanager
 def staged_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Iterator[Path]:
     """Write `model` under a temporary name next to `dest` and yield that path (to check it as a
@@ -171,27 +161,33 @@ def staged_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Iterator[Pa
     a mix. The old data file is removed after the switch.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with staged_dir(dest) as tmpdir:
         staged = tmpdir / dest.name
         location = None
-        if is_large(model):
-            location = f"{dest.name}.{secrets.token_hex(4)}.data"
-            save_external(model, staged, location)
-        else:
-            onnx.save(model, str(staged))
+        with writing(dest):
+            if is_large(model):
+                location = f"{dest.name}.{secrets.token_hex(4)}.data"
+                save_external(model, staged, location)
+            else:
+                onnx.save(model, str(staged))
         del model  # written: a caller that drops its own reference frees the memory while it checks the file
         yield staged
-        old = _external_locations(dest)
-        if location is not None:
-            os.replace(tmpdir / location, dest.parent / location)
-        os.replace(staged, dest)
-        for name in old - {location}:
-            if Path(name).name == name and name.startswith(f"{dest.name}.") and name.endswith(".data"):
-                (dest.parent / name).unlink(missing_ok=True)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        with writing(dest):
+            if location is not None:
+                finish_file(tmpdir / location)
+                commit(tmpdir / location, dest.parent / location)
+            finish_file(staged)
+            commit(staged, dest)
+            _remove_old_data_files(dest, keep=location)
+
+
+def _remove_old_data_files(dest: Path, keep: str | None) -> None:
+    """Remove the data files of earlier writes of `dest` (the one it referred to before, and any a
+    write killed between its two renames left behind): updp's own names, `<dest>.<8 hex>.data`."""
+    pattern = re.compile(re.escape(dest.name) + r"\.[0-9a-f]{8}\.data$")
+    for entry in dest.parent.iterdir():
+        if entry.name != keep and pattern.match(entry.name) and entry.is_file():
+            entry.unlink(missing_ok=True)
 
 
 def save_model(model: onnx.ModelProto, dest: str | os.PathLike) -> Path:

@@ -242,6 +242,8 @@ def _check_models(models: list[ModelSpec]) -> None:
 def _shared_feeds(names: list[str], sessions: list, batch: int, seed: int) -> list[dict[str, np.ndarray]]:
     """One random feed, reused for every session (matched by input position, names may differ)."""
     specs = [input_specs(s, batch) for s in sessions]
+    if batch != 1:
+        _check_batch_axis(names, sessions, batch)
     signature = [[(shape, np.dtype(dtype).name) for _, shape, dtype in sp] for sp in specs]
     if any(sig != signature[0] for sig in signature[1:]):
         def describe(sp: list) -> str:
@@ -253,6 +255,18 @@ def _shared_feeds(names: list[str], sessions: list, batch: int, seed: int) -> li
     base = random_inputs(sessions[0], batch=batch, seed=seed)
     values = list(base.values())
     return [{nm: v for (nm, _, _), v in zip(sp, values, strict=True)} for sp in specs]
+
+
+def _check_batch_axis(names: list[str], sessions: list, batch: int) -> None:
+    """A batch other than 1 needs a symbolic first axis: a model fixed at batch 1 would be timed at
+    batch 1 and reported at `batch`."""
+    for name, session in zip(names, sessions, strict=True):
+        for inp in session.get_inputs():
+            first = inp.shape[0] if inp.shape else None
+            if isinstance(first, int) and first != batch:
+                raise InputError(f"model {name!r}: input {inp.name!r} has a fixed batch of {first}, so it cannot be "
+                                 f"timed at batch {batch}; export it with `updp export --dynamic-batch` or "
+                                 f"`--batch {batch}`")
 
 
 def _time_interleaved(sessions: list, feeds: list[dict], repeats: int,

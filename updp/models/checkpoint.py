@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,16 +74,46 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
+_PICKLE_PROTOCOL = 0x80  # torch's legacy format: a pickle stream
+
+
 def _load_object(path: str) -> Any:
     if path.endswith(".safetensors"):
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for a bad header
             raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_ZIP_MAGIC) and (not head or head[0] != _PICKLE_PROTOCOL):
+        raise InputError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip format nor a pickle; "
+                         "a safetensors file needs the .safetensors suffix)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several unrelated types for a bad file
-        raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+    except pickle.UnpicklingError as e:
+        raise InputError(_refusal(path, e)) from None
+    except Exception as e:  # torch raises several unrelated types for a truncated or corrupt file
+        reason = _first_line(e).split(". ")[0]
+        raise InputError(f"cannot read checkpoint {path} (truncated or corrupt?): {reason}") from None
+
+
+def _refusal(path: str, e: Exception) -> str:
+    """updp's words for torch's weights-only refusal (whose text suggests turning the protection off)."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path}: refused: it holds Python objects{what}, not only tensors, and loading them could run "
+            "code; save `model.state_dict()` or a .safetensors file instead")
+
+
+def _check_finite(state: dict[str, Any], path: str) -> None:
+    """NaN or Inf in the weights (a diverged run, a broken conversion) would pass through every step
+    and only show as a failed comparison at the end: refuse them here, naming the tensor."""
+    for name, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            raise InputError(f"{path}: tensor {name!r} holds {nan} NaN and {inf} Inf values: the weights are "
+                             "broken (a diverged training run?)")
 
 
 def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
@@ -114,6 +146,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise InputError(f"checkpoint is a directory: {path}")
     obj = _load_object(path)
     state = _state_dict_of(obj, path)
+    _check_finite(state, path)
     payload = obj if isinstance(obj, dict) and state is not obj else {}
     spec = payload.get("model_spec") if isinstance(payload.get("model_spec"), dict) else None
     plan = payload.get("plan") if isinstance(payload.get("plan"), dict) else None

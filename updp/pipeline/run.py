@@ -38,7 +38,7 @@ from typing import Any
 from torch.jit import TracerWarning
 
 from updp.core.errors import InputError
-from updp.core.io import write_text_atomic
+from updp.core.io import check_writable_dir, write_text_atomic
 from updp.core.version import __version__
 from updp.pipeline.config import STAGE_NAMES, RunConfig
 from updp.pipeline.report import headline
@@ -207,7 +207,7 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
         InputError: bad config, unknown stage, a stage's bad input.
     """
     t_all = time.perf_counter()
-    run_dir = Path(run_dir)
+    run_dir = check_writable_dir(run_dir)
     echo = echo or logger.info
     cfg = resolve_config(cfg, run_dir, resume)
     if until is not None and until not in STAGE_NAMES:

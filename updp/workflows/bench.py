@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from updp.core.errors import InputError
+from updp.core.io import check_outputs
 from updp.exporter.scopes import scopes_of
 from updp.exporter.torch_export import get_metadata
 from updp.latency.profile import median_block_us, profile_blocks_alternating
@@ -21,6 +22,7 @@ def bench(cfg: BenchConfig) -> BenchReport:
     Raises:
         InputError: a missing or malformed file (before any timing starts), bad settings.
     """
+    check_outputs([cfg.save], list(cfg.models))
     models = []
     for k, p in enumerate(cfg.models):
         load_onnx(p)  # one-line error for a missing or malformed file before any timing starts

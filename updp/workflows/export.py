@@ -20,6 +20,7 @@ import torch
 
 from updp.blocks.discover import find_blocks
 from updp.core.errors import InputError
+from updp.core.io import check_outputs
 from updp.exporter.export import ExportResult, export_module
 from updp.exporter.selection import select_blocks
 from updp.models.checkpoint import read_checkpoint
@@ -78,6 +79,7 @@ def export(cfg: ExportConfig) -> ExportResult:
         InputError, UnsupportedError, VerificationError: nothing is written in any of these cases.
     """
     t0 = time.perf_counter()
+    check_outputs([cfg.out], [cfg.checkpoint])
     torch.manual_seed(cfg.seed)
     cfg = with_checkpoint_spec(cfg)
     module, plan, chw = _model(cfg)

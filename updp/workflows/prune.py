@@ -15,6 +15,7 @@ from torch import nn
 from updp.blocks.discover import find_blocks
 from updp.blocks.plan import PrunePlan
 from updp.core.errors import InputError
+from updp.core.io import check_outputs
 from updp.exporter.selection import select_blocks
 from updp.training.progressive import ProgressiveConfig, PruneResult, train_progressive
 from updp.training.trainer import TrainerConfig
@@ -66,6 +67,7 @@ def prune(cfg: PruneConfig, *, echo: Callable[[str], None] | None = None) -> Pru
             model or naming missing blocks, bad settings.
         UnsupportedError: a block that cannot be pruned (or, with drop, dropped).
     """
+    check_outputs([cfg.out], [cfg.checkpoint, cfg.plan if isinstance(cfg.plan, str) else None])
     loaded = load_baseline(cfg.checkpoint, model=cfg.model, what="pruning")
     data = data_for(loaded.spec, cfg.data, split_seed=cfg.split_seed)
     blocks, rule, family_options = choose_blocks(loaded.module, loaded.spec, cfg)

@@ -30,7 +30,7 @@ from updp.blocks.discover import BlockInfo, find_blocks, prunable_candidates
 from updp.blocks.plan import PrunePlan
 from updp.core.distributed import barrier, broadcast_from_main, group_info, init_process_group
 from updp.core.errors import InputError
-from updp.core.io import write_text_atomic
+from updp.core.io import check_outputs, write_text_atomic
 from updp.latency.lut import LatencyLUT, build_lut
 from updp.latency.runner import LatencySetup
 from updp.models.checkpoint import load_state, read_checkpoint
@@ -262,6 +262,9 @@ def run_search(cfg: SearchConfig, *, echo: Callable[[str], None] | None = None) 
     supernet_path = Path(cfg.supernet) if cfg.supernet else out_path.with_suffix(".supernet.pt")
     if cfg.reuse_supernet and not supernet_path.is_file():
         raise InputError(f"--reuse-supernet: {supernet_path} does not exist")
+    written = [out_path, out_path.with_suffix(".search.json"), None if cfg.lut else out_path.with_suffix(".lut.json"),
+               None if cfg.reuse_supernet or cfg.epochs == 0 else supernet_path]
+    check_outputs(written, [cfg.checkpoint, cfg.lut])
     distributed = init_process_group(resolve_device(cfg.device))
     is_main = group_info()[0] == 0
     baseline = load_baseline(cfg.checkpoint, what="the search", name_hint=IMPORT_HINT)

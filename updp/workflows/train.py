@@ -14,6 +14,7 @@ from torch import nn
 
 from updp.accuracy import module_accuracy
 from updp.core.errors import InputError
+from updp.core.io import check_outputs
 from updp.data import DataBundle, get_datasets
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
 from updp.models.zoo import create_for_data, normalize_record, same_model
@@ -88,8 +89,10 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = None) -> Bas
     """Train (or fine-tune, or take as is) a baseline; the checkpoint at `cfg.out` records its model.
 
     Raises:
-        InputError: unknown model or dataset, a checkpoint that does not fit, bad settings.
+        InputError: unknown model or dataset, a checkpoint that does not fit, bad settings, an output
+            that cannot be written (checked before any training).
     """
+    check_outputs([cfg.out], [cfg.checkpoint])
     data = get_datasets(cfg.data, cfg.input_size, split_seed=cfg.split_seed)
     chw = (data.in_chans, *cfg.input_size)
     module, spec = create_for_data(cfg.model, num_classes=data.num_classes, input_chw=chw,
