@@ -216,7 +216,8 @@ def _digits(size, split_seed, spec) -> DataBundle:
 
 class CifarUnpickler(pickle.Unpickler):
     """The CIFAR-10 batches are pickles, and a pickle can name any callable to run while it loads. This
-    one resolves only what those files contain: a dict of bytes, lists and one uint8 numpy array (labels may be numpy scalars)."""
+    one resolves only what those files contain: a dict of bytes, lists and one uint8 numpy array
+    (labels may be numpy scalars)."""
 
     ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),

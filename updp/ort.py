@@ -89,6 +89,8 @@ def model_file(model: onnx.ModelProto | str | os.PathLike) -> Iterator[str]:
 def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file with one-line, actionable errors for the usual failures."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, not an ONNX file")
     if not path.is_file():
         raise InputError(f"ONNX file not found: {path}")
     try:

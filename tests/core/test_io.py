@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from updp.core.io import atomic_path, write_text_atomic
+from updp.core.errors import InputError
+from updp.core.io import atomic_path, check_outputs, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -21,3 +26,67 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
 def test_a_write_creates_missing_folders(tmp_path):
     write_text_atomic(tmp_path / "a" / "b" / "c.txt", "x")
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "x"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_write_removes_the_temporaries_of_dead_writers_and_keeps_live_ones(tmp_path):
+    dead = tmp_path / f".out.txt.{_dead_pid()}.abc.tmp"
+    dead.write_text("half of a killed write")
+    dead_dir = tmp_path / f".out.txt.{_dead_pid()}.def.tmp"
+    dead_dir.mkdir()
+    alive = tmp_path / f".out.txt.{os.getppid()}.ghi.tmp"  # a live process (the test runner's parent)
+    alive.write_text("a write in progress")
+    other = tmp_path / f".other.txt.{_dead_pid()}.jkl.tmp"  # another destination's: not ours to judge here
+    other.write_text("x")
+    write_text_atomic(tmp_path / "out.txt", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.txt", alive.name, other.name])
+
+
+def test_check_outputs_refuses_an_input_and_a_repeated_output(tmp_path):
+    src = tmp_path / "in.onnx"
+    src.write_text("x")
+    with pytest.raises(InputError, match="is the input"):
+        check_outputs([tmp_path / "sub" / ".." / "in.onnx"], [src])
+    with pytest.raises(InputError, match="two different outputs"):
+        check_outputs([tmp_path / "a.json", tmp_path / "." / "a.json"])
+    check_outputs([tmp_path / "new" / "b.json"], [src])
+    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []  # the probe is gone
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: d / "folder", "is a directory"),
+    (lambda d: (os.mkfifo(d / "fifo"), d / "fifo")[1], "not a regular file"),
+    (lambda d: ((d / "file").write_text("x"), d / "file" / "out")[1], "is a file, not a folder"),
+])
+def test_only_regular_files_are_replaced(tmp_path, make, match):
+    (tmp_path / "folder").mkdir()
+    dest = make(tmp_path)
+    with pytest.raises(InputError, match=match):
+        write_text_atomic(dest, "x")
+
+
+def test_a_model_write_removes_data_files_of_earlier_and_killed_writes(tmp_path):
+    """`staged_model` names its data files `<name>.<8 hex>.data`; a write killed between its two renames
+    leaves one no .onnx refers to, and the next write of the same file removes it."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    import updp.exporter.torch_export as torch_export
+
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                                                [helper.make_tensor_value_info("x", 1, [4])],
+                                                [helper.make_tensor_value_info("y", 1, [4])], [w]))
+    orphan = tmp_path / "m.onnx.0badf00d.data"
+    orphan.write_bytes(b"left by a killed write")
+    foreign = tmp_path / "m.onnx.data"  # not a name updp writes: left alone
+    foreign.write_bytes(b"the user's")
+    torch_export.save_model(model, tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))

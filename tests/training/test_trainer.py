@@ -17,7 +17,7 @@ from updp.data import get_datasets
 from updp.models import create_for_data, create_model, spec_record
 from updp.training.distill import DistillationLoss, kd_kl
 from updp.training.lr_schedule import warmup_cosine
-from updp.training.trainer import Trainer, TrainerConfig, state_hash
+from updp.training.trainer import Trainer, TrainerConfig, TrainingDivergedError, state_hash
 from updp.workflows.resolve import load_model
 
 SMALL_DIMS = (16, 32, 48, 64)  # convnext_atto's depths, thinner: the CPU depthwise backward dominates
@@ -227,3 +227,23 @@ def test_redirected_progress_is_one_plain_line_per_epoch(tmp_path, digits, capsy
     lines = [ln for ln in err.splitlines() if ln.startswith("epoch ")]
     assert [ln.split(":")[0] for ln in lines] == ["epoch 1/2", "epoch 2/2"]
     assert all("val loss" in ln and "acc" in ln for ln in lines)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_finished_epoch(tmp_path, digits):
+    """The before_step hook poisons a weight at the first step of epoch 2: the loss turns NaN, the run
+    stops there with an InputError, and the checkpoint still holds epoch 1, byte for byte."""
+    m, _ = _model()
+    first = next(m.parameters())
+
+    def poison(model, step, progress):
+        if step == 3:
+            with torch.no_grad():
+                first.fill_(float("nan"))
+
+    cfg = _cfg(tmp_path, "c.pt", kd_alpha=0.0)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at step 3 \(epoch 2\);.*c\.pt keeps epoch 1"):
+        Trainer(m, digits, cfg, before_step=poison).fit()
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values()
+                                       if v.is_floating_point())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

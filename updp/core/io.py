@@ -56,7 +56,9 @@ def check_destination(dest: str | os.PathLike) -> Path:
     if not folder.is_dir():
         raise InputError(f"{path}: {folder} is a file, not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"{path}: the folder {folder} is not writable")
+        read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+        raise InputError(f"{path}: the folder {folder} is " + ("on a read-only file system" if read_only
+                                                                 else "not writable"))
     return path
 
 
@@ -97,6 +99,8 @@ def refuse_same_file(out: str | os.PathLike, *inputs: str | os.PathLike | None) 
 def check_outputs(outputs: list[str | os.PathLike | None], inputs: list[str | os.PathLike | None] = ()) -> None:
     """Before a command's work: every output it will write can be written, none is one of its inputs,
     and no two are the same file (`check_writable`, `refuse_same_file`)."""
+    if any(o is not None and not str(o).strip() for o in outputs):
+        raise InputError("the output path is empty")
     chosen = [Path(o) for o in outputs if o is not None]
     for out in chosen:
         check_writable(out)
@@ -113,7 +117,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
     The temporary file lives in the destination's folder, so that the final `os.replace` is an atomic
     rename on one file system. On any exception the temporary file is removed and `dest` is left
-    untouched. OSErrors become `InputError`s naming `dest`.
+    untouched. OSErrors, the caller's writes included, become `InputError`s naming `dest`.
     """
     dest = check_destination(dest)
     with writing(dest):
@@ -122,8 +126,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with writing(dest):
+        with writing(dest):  # the caller writes the temporary file: a full disk shows here
+            yield tmp_path
             finish_file(tmp_path)
             commit(tmp_path, dest)
     finally:

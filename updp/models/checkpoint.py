@@ -28,6 +28,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,12 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
     """
     payload = {"format": CHECKPOINT_FORMAT, **extra, "model": state_dict, "model_spec": model_spec, "plan": plan}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as "unexpected pos"
+            free = shutil.disk_usage(tmp.parent).free
+            raise InputError(f"cannot write {path}: torch.save failed ({_first_line(e)}); {free / 2**20:.1f} MiB "
+                             f"free in {tmp.parent}") from None
     return Path(path)
 
 

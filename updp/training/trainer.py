@@ -45,6 +45,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,7 @@ from updp.blocks.convert import pruned_blocks
 from updp.core.constants import AMP_MODES, DEFAULT_TORCH_DEVICE
 from updp.core.distributed import all_reduce_sums, init_process_group, launch_info
 from updp.core.errors import InputError
+from updp.core.io import write_text_atomic
 from updp.core.seeding import mix_seed, rng_state, seed_everything, set_rng_state
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
 from updp.training.device import fast_cpu_math, resolve_device
@@ -147,6 +149,17 @@ def format_history(history: list[dict]) -> list[str]:
         lines.append(f"  epoch {h['epoch']:>3}  train loss {h['train_loss']:.4f} acc {h['train_acc']:.4f}  "
                      f"val loss {h['val_loss']:.4f} acc {h['val_acc']:.4f}{lam}  {h['seconds']:.1f} s")
     return lines
+
+
+class TrainingDivergedError(InputError):
+    """The loss became NaN or Inf: settings (a learning rate too high) or data to change (exit 2)."""
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 def _stderr_is_tty() -> bool:
@@ -302,6 +315,30 @@ class Trainer:
         if "rng" in ck and self.world == ck.get("world_size", 1):
             set_rng_state(ck["rng"])
         logger.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
+        if self.cfg.log_jsonl and self.is_main:
+            self._restore_log()
+
+    def _restore_log(self) -> None:
+        """Make the per-epoch log agree with the checkpoint resumed from: its history, once each.
+
+        The log line of an epoch is appended after its checkpoint, so a kill between the two leaves
+        the log an epoch short (and one in the middle of the append, a partial last line); the
+        checkpoint is what the run continues from. This run's lines start at the last line equal to
+        the history's first epoch; they are replaced by the history, and the lines before them (earlier
+        runs appending to the same file) are kept. The log is rewritten atomically.
+        """
+        if not self.history:
+            return
+        path = Path(self.cfg.log_jsonl)
+        text = path.read_text() if path.is_file() else ""
+        lines = text[:text.rfind("\n") + 1].splitlines()  # a last line without its newline was cut short
+        ours = [json.dumps(h) for h in self.history]
+        first = json.loads(ours[0])
+        start = next((k for k in range(len(lines) - 1, -1, -1) if _json_or_none(lines[k]) == first), len(lines))
+        kept = "".join(line + "\n" for line in lines[:start] + ours)
+        if kept != text:
+            write_text_atomic(path, kept)
+            logger.info("resume: %s rewritten from the checkpoint's history (%d epochs)", path, len(ours))
 
     # -------------------------------------------------------------- loop
 
@@ -351,8 +388,7 @@ class Trainer:
                 # The loss (log-softmax, KL) always in float32.
                 logits = logits.float()
                 loss = self.criterion(logits, y, None if t_logits is None else t_logits.float())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.step}: lower --lr")
+                self._stop_if_diverged(loss, epoch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -378,6 +414,19 @@ class Trainer:
         loss_sum, correct, n_f = all_reduce_sums([loss_sum, correct, float(n)], self.device)
         return {"train_loss": loss_sum / max(n_f, 1), "train_acc": correct / max(n_f, 1),
                 "train_seconds": time.perf_counter() - t0}
+
+    def _stop_if_diverged(self, loss: torch.Tensor, epoch: int) -> None:
+        """A NaN or Inf loss poisons the weights at the next step: stop before it, on every rank
+        together (the flag is summed over the ranks), with the last finished epoch's checkpoint kept."""
+        bad = all_reduce_sums([0.0 if bool(torch.isfinite(loss)) else 1.0], self.device)[0]
+        if not bad:
+            return
+        if self.cfg.out and self.epoch > 0:
+            kept = f"{self.cfg.out} keeps epoch {self.epoch}, the last finished one"
+        else:
+            kept = "no epoch finished, so no checkpoint was written"
+        raise TrainingDivergedError(f"training diverged: the loss is {float(loss.detach())} at step {self.step} (epoch "
+                                    f"{epoch + 1}); {kept}; lower --lr, or check the data and weights")
 
     def _check_ranks_agree(self) -> None:
         """DDP keeps replicas identical; a difference (e.g. a rank-dependent `before_step`) is a bug."""

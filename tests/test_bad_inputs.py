@@ -1,0 +1,446 @@
+"""Every bad input a user can hand updp, in one table: the exit code, a one-line message naming the
+problem, nothing partial or replaced left behind, and nothing hostile run.
+
+Each row builds its files in a fresh folder and calls the CLI in-process. After the call:
+
+* the exit code is the documented one (2 bad input, 3 unsupported, 4 verification failed);
+* stderr is one line, `updp <command>: error: ...`, holding the row's fragment;
+* the folder holds exactly the files it held before, each with the same bytes (no partial output,
+  no temporary file, no replaced input), except what the row says it may create;
+* a hostile file's payload never ran (it would create a marker file).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from updp.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+MARKER = "PWNED"  # what a hostile payload would create in the row's folder
+
+
+# ---------------------------------------------------------------- files the rows use
+
+def tiny_model(batch: int | str = 1) -> onnx.ModelProto:
+    """Conv -> BatchNormalization on a 1x3x8x8 input (batch symbolic when `batch` is a name)."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")] + [
+        numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+        [("g", rng.uniform(0.5, 2, 4)), ("b", rng.standard_normal(4)), ("m", rng.standard_normal(4)),
+         ("v", rng.uniform(0.5, 2, 4))]]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"], name="bn")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+
+
+def write_model(d: Path, name: str = "m.onnx", **kw) -> Path:
+    onnx.save(tiny_model(**kw), str(d / name))
+    return d / name
+
+
+def external_model(d: Path, location: str) -> Path:
+    """The tiny model with its weight `w` declared as external data at `location`."""
+    m = tiny_model()
+    t = m.graph.initializer[0]
+    t.ClearField("raw_data")
+    t.ClearField("float_data")
+    t.data_location = TensorProto.EXTERNAL
+    entry = t.external_data.add()
+    entry.key, entry.value = "location", location
+    onnx.save(m, str(d / "ext.onnx"))
+    return d / "ext.onnx"
+
+
+class Hostile:
+    """A pickle that runs code when loaded: it would create the marker file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.target = str(folder / MARKER)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def small_state_dict() -> dict[str, torch.Tensor]:
+    from updp.models import create_model
+
+    module, _ = create_model("mobilenetv2_035", num_classes=10)
+    return module.state_dict()
+
+
+def cifar_folder(d: Path, hostile: bool = False) -> Path:
+    root = d / "c10"
+    root.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": np.zeros((10, 3072), np.uint8), b"labels": list(range(10))}
+        if hostile and name == "data_batch_1":
+            batch = {b"data": Hostile(d), b"labels": list(range(10))}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+def image_folder(d: Path) -> Path:
+    """train/ and val/ with two classes of PNGs, and one corrupt JPEG among the training images."""
+    from PIL import Image
+
+    root = d / "imgs"
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / split / cls / f"{i}.png")
+    good = (root / "train" / "a" / "0.png").read_bytes()
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + good[:40])
+    return root
+
+
+def mount_tmpfs(where: Path, options: str) -> bool:
+    """A small tmpfs (root on Linux only): the real read-only and full-disk errors, not mocks."""
+    where.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+    return proc.returncode == 0
+
+
+def unmount(where: Path) -> None:
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+# ---------------------------------------------------------------- the table
+
+@dataclass
+class Case:
+    """argv(folder) -> the command line; it builds the files it needs in `folder`."""
+
+    id: str
+    argv: Callable[[Path], list[str]]
+    code: int
+    fragment: str
+    may_create: tuple[str, ...] = ()
+    marks: list = field(default_factory=list)
+
+
+def _optimize(src: Callable[[Path], Path], out: str | Callable[[Path], str] = "out.onnx", *extra: str):
+    def argv(d: Path) -> list[str]:
+        target = out(d) if callable(out) else str(d / out) if out else ""
+        return ["optimize", str(src(d)), "--out", target, *extra]
+    return argv
+
+
+def _bytes(data: bytes, name: str = "m.onnx") -> Callable[[Path], Path]:
+    def make(d: Path) -> Path:
+        (d / name).write_bytes(data)
+        return d / name
+    return make
+
+
+def _fifo(d: Path) -> str:
+    os.mkfifo(d / "pipe")
+    return str(d / "pipe")
+
+
+def _device(d: Path) -> str:
+    os.mknod(d / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    return str(d / "null")
+
+
+def _export_ck(make: Callable[[Path], Path]):
+    def argv(d: Path) -> list[str]:
+        return ["export", "--checkpoint", str(make(d)), "mobilenetv2_035", "--num-classes", "10", "--input-size",
+                "32", "--out", str(d / "o.onnx")]
+    return argv
+
+
+def _ck_text(d: Path) -> Path:
+    (d / "c.pt").write_text("not a checkpoint\n")
+    return d / "c.pt"
+
+
+def _ck_hostile(d: Path) -> Path:
+    torch.save({"model": Hostile(d)}, d / "c.pt")
+    return d / "c.pt"
+
+
+def _ck_nan(d: Path) -> Path:
+    sd = small_state_dict()
+    sd["classifier.weight"][0, 0] = float("nan")
+    torch.save(sd, d / "c.pt")
+    return d / "c.pt"
+
+
+def _ck_truncated(d: Path) -> Path:
+    torch.save(small_state_dict(), d / "full.pt")
+    (d / "c.pt").write_bytes((d / "full.pt").read_bytes()[:5000])
+    return d / "c.pt"
+
+
+def _ck_wrong_model(d: Path) -> Path:
+    from updp.models import create_model
+
+    torch.save(create_model("resnet18", num_classes=10)[0].state_dict(), d / "c.pt")
+    return d / "c.pt"
+
+
+def _train(data: str | Callable[[Path], str], *extra: str, out: str | Callable[[Path], str] = "t.pt"):
+    def argv(d: Path) -> list[str]:
+        spec = data(d) if callable(data) else data
+        target = out(d) if callable(out) else str(d / out)
+        return ["train", "resnet18", "--data", spec, "--input-size", "32", "--epochs", "1",
+                "--max-steps-per-epoch", "2", "--batch-size", "8", "--out", target, "--no-progress", *extra]
+    return argv
+
+
+def _npz(d: Path, **arrays) -> str:
+    np.savez(d / "in.npz", **arrays)
+    return str(d / "in.npz")
+
+
+def _yaml_config(d: Path) -> list[str]:
+    (d / "run.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {d / MARKER}']\n")
+    return ["run", "--config", str(d / "run.yaml"), "--out", str(d / "r")]
+
+
+def _under_file(d: Path) -> str:
+    (d / "f.txt").write_text("x")
+    return str(d / "f.txt" / "out.onnx")
+
+
+CASES = [
+    # ONNX files (the input)
+    Case("onnx-garbage", _optimize(_bytes(b"\x08garbage\xff" * 9)), 2, "as an ONNX model"),
+    Case("onnx-truncated", _optimize(_bytes(tiny_model().SerializeToString()[:150])), 2, "m.onnx"),
+    Case("onnx-empty", _optimize(_bytes(b"")), 2, "holds no ONNX graph"),
+    Case("onnx-missing", _optimize(lambda d: d / "nope.onnx"), 2, "not found"),
+    Case("onnx-directory", _optimize(lambda d: d), 2, "is a directory"),
+    Case("onnx-external-dotdot", _optimize(lambda d: external_model(d, "../../etc/passwd")), 2,
+         "outside the directory"),
+    Case("onnx-external-absolute", _optimize(lambda d: external_model(d, "/etc/passwd")), 2, "absolute path"),
+    Case("onnx-external-symlink", _optimize(lambda d: (os.symlink("/etc/passwd", d / "w.bin"),
+                                                       external_model(d, "w.bin"))[1]), 2, "symbolic link"),
+    Case("onnx-external-missing", _optimize(lambda d: external_model(d, "gone.bin")), 2, "gone.bin"),
+    # outputs
+    Case("out-is-input", _optimize(write_model, lambda d: str(d / "m.onnx")), 2, "is the input"),
+    Case("out-is-directory", _optimize(write_model, lambda d: str(d)), 2, "is a directory"),
+    Case("out-is-fifo", _optimize(write_model, _fifo), 2, "not a regular file"),
+    Case("out-is-device", _optimize(write_model, _device), 2, "not a regular file",
+         marks=[pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")]),
+    Case("out-under-a-file", _optimize(write_model, _under_file), 2, "is a file, not a folder"),
+    Case("out-empty", _optimize(write_model, ""), 2, "output path is empty"),
+    Case("bench-save-directory", lambda d: ["bench", str(write_model(d)), "--repeats", "2", "--warmup", "0",
+                                            "--save", str(d)], 2, "is a directory"),
+    Case("export-out-fifo", lambda d: ["export", "resnet18", "--input-size", "32", "--out", _fifo(d)], 2,
+         "not a regular file"),
+    Case("train-out-under-a-file", _train("digits", out=_under_file), 2, "is a file, not a folder"),
+    Case("train-out-is-checkpoint", lambda d: _train("digits", "--checkpoint", str(_ck_wrong_model(d)),
+                                                     out=lambda d: str(d / "c.pt"))(d), 2, "is the input"),
+    Case("run-dir-is-a-file", lambda d: ["run", "--out", (d / "f.txt").write_text("x") and str(d / "f.txt")], 2,
+         "not a folder"),
+    # checkpoints
+    Case("checkpoint-text", _export_ck(_ck_text), 2, "not a PyTorch checkpoint"),
+    Case("checkpoint-hostile", _export_ck(_ck_hostile), 2, "refused: it holds Python objects"),
+    Case("checkpoint-nan", _export_ck(_ck_nan), 2, "'classifier.weight' holds 1 NaN"),
+    Case("checkpoint-truncated", _export_ck(_ck_truncated), 2, "truncated or corrupt"),
+    Case("checkpoint-missing", _export_ck(lambda d: d / "none.pt"), 2, "checkpoint not found"),
+    Case("checkpoint-wrong-model", _export_ck(_ck_wrong_model), 2, "c.pt"),
+    # data
+    Case("data-unknown", _train("imagenet"), 2, "unknown --data"),
+    Case("data-folder-missing", _train(lambda d: f"imagefolder:{d / 'none'}"), 2, "directory not found"),
+    Case("data-corrupt-image", _train(lambda d: f"imagefolder:{image_folder(d)}"), 2, "broken.jpg"),
+    Case("data-cifar-hostile", _train(lambda d: f"cifar10:{cifar_folder(d, hostile=True)}"), 2,
+         "refused to load posix.system"),
+    Case("data-cifar-missing-batches", _train(lambda d: (d / "c").mkdir() or f"cifar10:{d / 'c'}"), 2,
+         "lacks data_batch_1"),
+    Case("data-diverges", _train("digits", "--lr", "1e30", "--warmup-epochs", "0"), 2, "training diverged"),
+    # verification inputs and configs
+    Case("inputs-pickled-npz", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
+        d, x=np.array([{"a": 1}], dtype=object)))(d), 2, "cannot read inputs"),
+    Case("inputs-batch-0", lambda d: _optimize(lambda d: write_model(d, batch="N"), "o.onnx", "--inputs", _npz(
+        d, x=np.zeros((0, 3, 8, 8), np.float32)))(d), 2, "no elements"),
+    Case("inputs-wrong-names", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
+        d, y=np.zeros((1, 3, 8, 8), np.float32)))(d), 2, "the model takes ['x']"),
+    Case("run-config-yaml-python-tag", _yaml_config, 2, "run.yaml"),
+    # the command line
+    Case("model-unknown", lambda d: ["export", "no_such_net", "--out", str(d / "o.onnx")], 2, "no_such_net"),
+    Case("bench-batch-on-fixed-model", lambda d: ["bench", str(write_model(d)), "--batch", "4", "--repeats", "2"],
+         2, "fixed batch of 1"),
+    Case("bench-repeats-0", lambda d: ["bench", str(write_model(d)), "--repeats", "0"], 2, "repeats >= 1"),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """{relative path: sha256 or a kind} of everything in the folder (FIFOs and devices not read)."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        mode = os.lstat(p).st_mode
+        if stat.S_ISREG(mode):
+            out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            out[str(p.relative_to(folder))] = stat.filemode(mode)[0]
+    return out
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id, marks=c.marks) for c in CASES])
+def test_bad_input(case: Case, tmp_path, capsys):
+    argv = case.argv(tmp_path)
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert code == case.code, err
+    assert len(lines) == 1 and lines[0].startswith(f"updp {argv[0]}: error: "), err
+    assert case.fragment in lines[0], lines[0]
+    assert "weights_only" not in lines[0] and "Traceback" not in err
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k not in case.may_create} == before
+    assert not (tmp_path / MARKER).exists(), "a hostile payload ran"
+
+
+# ---------------------------------------------------------------- what a table cannot say
+
+
+def test_usage_errors_are_one_line_with_a_hint():
+    proc = subprocess.run([sys.executable, "-m", "updp", "optimize", "m.onnx"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "updp optimize: error: the following arguments are required: --out (see updp optimize --help)"]
+
+
+@pytest.mark.parametrize("flag", ["-v", "-q", "--verbose", "--quiet"])
+def test_verbosity_flags_work_after_the_subcommand(tmp_path, capsys, flag):
+    code = main(["optimize", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "o.onnx"), flag])
+    assert code == 2 and "not found" in capsys.readouterr().err
+
+
+def test_verbose_after_the_subcommand_shows_the_traceback_of_a_bug(tmp_path, monkeypatch):
+    import updp.workflows.optimize as optimizing
+
+    def broken(*a, **kw):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(optimizing, "optimize_file", broken)
+    src = write_model(tmp_path)
+    assert main(["optimize", str(src), "--out", str(tmp_path / "o.onnx")]) == 1
+    with pytest.raises(ZeroDivisionError):
+        main(["optimize", str(src), "--out", str(tmp_path / "o.onnx"), "-v"])
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_outputs_get_the_umask_permissions(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        assert main(["optimize", str(write_model(tmp_path)), "--out", str(tmp_path / "o.onnx")]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "o.onnx").st_mode) == mode
+
+
+def test_a_fifo_output_stays_a_fifo(tmp_path):
+    fifo = _fifo(tmp_path)
+    assert main(["optimize", str(write_model(tmp_path)), "--out", fifo]) == 2
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount_tmpfs(options) -> the mount point (skipped where mounting is not allowed)."""
+    mounted = []
+
+    def make(options: str) -> Path:
+        where = tmp_path / f"mnt{len(mounted)}"
+        if not mount_tmpfs(where, options):
+            pytest.skip("mounting a tmpfs needs root")
+        mounted.append(where)
+        return where
+
+    yield make
+    for where in mounted:
+        unmount(where)
+
+
+def test_a_read_only_folder_is_found_before_training(tmpfs, capsys):
+    ro = tmpfs("ro,size=1m")
+    t0 = time.perf_counter()
+    code = main(_train("digits", out=lambda d: str(ro / "t.pt"))(ro))
+    assert code == 2 and "read-only file system" in capsys.readouterr().err
+    assert time.perf_counter() - t0 < 30  # refused before the data is loaded and an epoch is run
+
+
+def test_a_full_disk_is_exit_2_with_nothing_left(tmpfs, tmp_path, capsys):
+    full = tmpfs("size=64k")
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((1000, 200)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              str(tmp_path / "big.onnx"))  # 800 kB of weights: more than the 64 kB file system holds
+    code = main(["optimize", str(tmp_path / "big.onnx"), "--out", str(full / "o.onnx"), "--no-onnxsim"])
+    err = capsys.readouterr().err
+    assert code == 2 and "No space left on device" in err and "o.onnx" in err, err
+    assert list(full.iterdir()) == []
+
+
+def test_a_full_disk_while_writing_a_checkpoint_is_exit_2(tmpfs, capsys):
+    full = tmpfs("size=64k")
+    code = main(_train("digits", out=lambda d: str(full / "t.pt"))(full))
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write" in err and "t.pt" in err, err
+    assert list(full.iterdir()) == []
+
+
+def test_sigint_exits_130_and_leaves_no_partial_checkpoint(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "updp", "train", "resnet18", "--data", "digits", "--epochs", "50",
+                             "--out", str(tmp_path / "t.pt"), "--no-progress"], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True)
+    time.sleep(8)
+    proc.send_signal(2)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "updp train: interrupted"
+    assert [p.name for p in tmp_path.iterdir()] in ([], ["t.pt"])
+    if (tmp_path / "t.pt").exists():
+        assert torch.load(tmp_path / "t.pt", weights_only=True)["epoch"] >= 1
+
+
+def test_no_loader_in_the_package_can_run_code():
+    """The audit, kept true: every deserialization in updp is one that cannot run code.
+
+    torch.load only with weights_only=True; np.load only with allow_pickle=False; YAML only through
+    safe_load; pickle only through the CIFAR unpickler (its find_class allows numpy arrays alone);
+    no eval or exec.
+    """
+    problems = []
+    for path in sorted((ROOT / "updp").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            f = call.func
+            name = f"{getattr(f.value, 'id', '')}.{f.attr}" if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            kw = {k.arg: getattr(k.value, "value", None) for k in call.keywords}
+            where = f"{path.relative_to(ROOT)}:{call.lineno}"
+            if name == "torch.load" and kw.get("weights_only") is not True:
+                problems.append(f"{where} torch.load without weights_only=True")
+            if name == "np.load" and kw.get("allow_pickle") is not False:
+                problems.append(f"{where} np.load without allow_pickle=False")
+            if name in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"):
+                problems.append(f"{where} {name} (use yaml.safe_load)")
+            if name in ("pickle.load", "pickle.loads", "eval", "exec", "marshal.loads"):
+                problems.append(f"{where} {name}")
+    assert problems == []
