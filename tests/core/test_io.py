@@ -90,3 +90,23 @@ def test_a_model_write_removes_data_files_of_earlier_and_killed_writes(tmp_path)
     torch_export.save_model(model, tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
+
+
+def test_the_file_and_then_its_folder_are_flushed_to_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    """A power cut after the rename must not leave an empty file under the final name: the data is
+    fsynced before the rename, the folder entry after it."""
+    synced = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        synced.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    write_text_atomic(tmp_path / "out.txt", "x")
+    assert len(synced) == 3 and synced[0].startswith(".out.txt.") and synced[1:] == ["rename", tmp_path.name]
