@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The README's test command: set up .venv if needed, then run the test suite.
 # Opt-in: full-size zoo models (-m slow), thousands of property-based examples (-m fuzz), the
-# whole of onnx's backend corpora (-m corpus), e.g. scripts/test.sh -m "slow or fuzz or corpus"
+# whole of onnx's backend corpora (-m corpus), SIGKILL-and-resume at every kill point (-m kill),
+# e.g. scripts/test.sh -m "slow or fuzz or corpus or kill"
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/ensure_venv.sh"
 cd "$ROOT"
-if [[ $# -eq 0 ]]; then set -- -m "not slow and not fuzz and not corpus" -q; fi
+if [[ $# -eq 0 ]]; then set -- -m "not slow and not fuzz and not corpus and not kill" -q; fi
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -82,6 +83,33 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, digits):
         assert torch.allclose(v.double(), b["model"][k].double(), rtol=0, atol=1e-6), k
     assert state_hash(m) == state_hash(m3)  # in fact bit-for-bit on CPU
     assert resumed.val_acc == full.val_acc and len(resumed.history) == 2
+
+
+def test_resume_restores_the_log_from_the_checkpoint(tmp_path, digits, monkeypatch):
+    """An epoch's log line is appended after its checkpoint: a kill between the two (or in the middle
+    of the line) leaves the log an epoch short, which the resume restores from the checkpoint's
+    history, each epoch once; lines of earlier runs in the same file are kept."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"run": "an earlier one"}\n')
+    cfg = _cfg(tmp_path, "c.pt", epochs=3, max_steps_per_epoch=1, kd_alpha=0.0, log_jsonl=str(log))
+    real = Trainer._report_epoch
+
+    def killed_before_the_second_line(self, record):
+        if record["epoch"] == 2:
+            raise KeyboardInterrupt
+        real(self, record)
+
+    monkeypatch.setattr(Trainer, "_report_epoch", killed_before_the_second_line)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(_model()[0], digits, cfg).fit()
+    monkeypatch.undo()
+    log.write_text(log.read_text() + '{"epoch": 2, "ste')  # and a line cut short
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["epoch"] == 2
+    res = Trainer(_model()[0], digits, dataclasses.replace(cfg, resume=True)).fit()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert lines == [{"run": "an earlier one"}, *res.history] and [h["epoch"] for h in res.history] == [1, 2, 3]
+    Trainer(_model()[0], digits, dataclasses.replace(cfg, resume=True)).fit()  # finished: nothing changes
+    assert [json.loads(x) for x in log.read_text().splitlines()] == lines
 
 
 def test_checkpoint_contents_are_weights_only_loadable(tmp_path, digits):
