@@ -86,7 +86,8 @@ class TrainerConfig:
         device: 'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.
         out: checkpoint path, written atomically every epoch (None: no checkpoint).
         resume: continue from `out` if it exists (a fresh start if it does not).
-        log_jsonl: append one JSON line per epoch here (rank 0).
+        log_jsonl: append one JSON line per epoch here (rank 0); a resume makes it agree with the
+            checkpoint (`Trainer._restore_log`), so that a kill loses no epoch from it.
         progress: tqdm bars (rank 0).
         max_steps_per_epoch: cap on steps per epoch (tiny test runs).
         amp: 'off' or 'bf16': bfloat16 autocast for the training forward passes (student and
