@@ -23,6 +23,7 @@ path the model never takes), so:
 from __future__ import annotations
 
 import glob
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,9 @@ from onnx import TensorProto, numpy_helper
 from updp.core.errors import InputError, UnsupportedError
 
 DEFAULT_SYMBOLIC_DIM = 3  # a symbolic dimension that is not the leading (batch) one
+# The most bytes one generated input may take: a declared shape past it (a broken file, a huge dim)
+# is refused before numpy would try to fill it.
+MAX_GENERATED_BYTES = 2**31
 
 # Input slots (op type -> input positions) whose values decide shapes, axes, counts or indices.
 SHAPE_LIKE_SLOTS: dict[str, dict[int, str]] = {
@@ -144,6 +148,8 @@ def _dims(slot: InputSlot, batch: int, symbols: dict[str, int]) -> tuple[int, ..
                                "(give them with --inputs F.npz)")
     dims = []
     for axis, d in enumerate(slot.shape):
+        if isinstance(d, int) and d < 0:
+            raise InputError(f"input {slot.name!r} declares a negative dimension {d} at axis {axis}")
         if isinstance(d, int):
             dims.append(d)  # 0 included: a fixed empty dimension stays empty
         elif d is None:
@@ -157,8 +163,15 @@ def _dims(slot: InputSlot, batch: int, symbols: dict[str, int]) -> tuple[int, ..
 def _values(elem_type: int, shape: tuple[int, ...], rng: np.random.Generator, name: str) -> np.ndarray:
     dtype = _NUMPY_OF.get(elem_type)
     if dtype is None:
-        raise UnsupportedError(f"input {name!r} has data type {TensorProto.DataType.Name(elem_type)}, for which "
+        type_name = TensorProto.DataType.Name(elem_type) if elem_type in TensorProto.DataType.values() else \
+            f"code {elem_type}"
+        raise UnsupportedError(f"input {name!r} has data type {type_name}, for which "
                                "updp cannot generate values (give them with --inputs F.npz)")
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_GENERATED_BYTES:
+        raise UnsupportedError(f"input {name!r} of shape {list(shape)} would take {nbytes / 2**30:.3g} GiB, over the "
+                               f"{MAX_GENERATED_BYTES / 2**30:g} GiB updp generates for an input (give smaller inputs "
+                               "with --inputs F.npz)")
     if dtype is np.object_:
         return rng.choice(np.array(["a", "bc", "def", "updp"], dtype=object), size=shape)
     if dtype is np.bool_:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import onnx
 import onnxruntime as ort
 
 from updp.core.constants import OPT_LEVELS
-from updp.core.errors import InputError
+from updp.core.errors import InputError, UnsupportedError
 
 logger = logging.getLogger(__name__)
 
@@ -39,13 +41,22 @@ PROTOBUF_LIMIT = 2**31 - 1
 EXTERNAL_DATA_THRESHOLD = 2_000_000_000
 
 
+def _itemsize(data_type: int) -> int | None:
+    """Bytes per element of a tensor type; None for a code onnx does not define."""
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def _tensor_bytes(t: onnx.TensorProto) -> int:
     """The bytes of a tensor's data, from its dims and type (protobuf's own size of a message over
-    its limit cannot be asked for: it fails)."""
+    its limit cannot be asked for: it fails). A type code onnx does not define counts 0 (the
+    checker names it); the product of the dims is a Python int, so huge dims cannot wrap around."""
     if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
         return sum(len(v) for v in t.string_data)
-    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+    itemsize = _itemsize(t.data_type)
+    return 0 if itemsize is None else math.prod(max(int(d), 0) for d in t.dims) * itemsize
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
@@ -86,6 +97,104 @@ def model_file(model: onnx.ModelProto | str | os.PathLike) -> Iterator[str]:
         yield str(path)
 
 
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message as one line (C++ libraries put file names and context on the next)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)
+
+
+def read_onnx(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:
+    """`onnx.load`, with what it warns about (an external-data key it ignores, ...) logged as one
+    line each instead of Python's two-line warnings on stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = onnx.load(str(path), load_external_data=load_external_data)
+    for message in dict.fromkeys(first_line(w.message) for w in caught):
+        logger.warning("%s: %s", path, message)
+    return model
+
+
+# Types whose data is whole bytes per element, and the typed field that holds them when there is
+# no raw_data (complex numbers take two values of that field per element).
+_TYPED_FIELDS = {
+    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
+    1: "float_data", 14: "float_data", 11: "double_data", 15: "double_data", 7: "int64_data", 12: "uint64_data",
+    13: "uint64_data",
+}
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
+    """(where, tensor) for every initializer and tensor attribute, subgraphs included."""
+    for t in graph.initializer:
+        yield "initializer", t
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield f"attribute {a.name!r} of {n.op_type} {n.name!r}", a.t
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _graph_tensors(g)
+
+
+def _stored_elements(t: onnx.TensorProto) -> int | None:
+    """How many elements the data of `t` holds (None: a type whose packing is not checked here)."""
+    if t.data_type == onnx.TensorProto.STRING:
+        return len(t.string_data)
+    field = _TYPED_FIELDS.get(t.data_type)
+    if field is None:
+        return None
+    per = 2 if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128) else 1
+    if t.HasField("raw_data"):
+        size, itemsize = len(t.raw_data), _itemsize(t.data_type) or 1
+        return size // itemsize if size % itemsize == 0 else -1
+    return len(getattr(t, field)) // per
+
+
+def check_tensor_data(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Every tensor (external data loaded) holds as many elements as its dims say. onnx's checker
+    does not compare them, and a mismatch would otherwise surface as a numpy reshape error deep in
+    the passes, or as ONNX Runtime's refusal half-way.
+
+    Raises:
+        InputError: naming the tensor, its dims and what it holds.
+    """
+    for where, t in _graph_tensors(model.graph):
+        dims = list(t.dims)
+        if any(d < 0 for d in dims):
+            raise InputError(f"{path}: tensor {t.name!r} ({where}) has a negative dimension: dims {dims}")
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # not loaded (a caller that reads the data later checks it there)
+        held = _stored_elements(t)
+        if held is not None and held != math.prod(dims):
+            what = "a byte count that is not a whole number of elements" if held < 0 else f"{held} elements"
+            raise InputError(f"{path}: tensor {t.name!r} ({where}) holds {what}, but its dims {dims} and type "
+                             f"{onnx.TensorProto.DataType.Name(t.data_type)} need {math.prod(dims)}")
+
+
+def _graph_names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
+    for vi in (*graph.input, *graph.output, *graph.value_info):
+        yield vi.name
+    for t in graph.initializer:
+        yield t.name
+    for n in graph.node:
+        yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
+        for a in n.attribute:
+            yield a.name
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                yield from _graph_names(g)
+
+
+def check_names(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+    """Every name, op type and domain is UTF-8, as ONNX requires. protobuf hands a string field
+    that is not as `bytes` (no error), which ONNX Runtime then fails to decode half-way.
+
+    Raises:
+        InputError: naming the first such value.
+    """
+    for name in (*_graph_names(model.graph), *(o.domain for o in model.opset_import)):
+        if not isinstance(name, str):
+            raise InputError(f"{path} holds a name that is not UTF-8 text: {name[:60]!r}")
+
+
 def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file with one-line, actionable errors for the usual failures."""
     path = Path(path)
@@ -94,17 +203,18 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     if not path.is_file():
         raise InputError(f"ONNX file not found: {path}")
     try:
-        model = onnx.load(str(path))
+        model = read_onnx(path)
     except Exception as exc:  # protobuf raises DecodeError, external data raises various
-        raise InputError(f"cannot read {path} as an ONNX model: {type(exc).__name__}: {exc}") from None
+        raise InputError(f"cannot read {path} as an ONNX model: {type(exc).__name__}: {first_line(exc)}") from None
     if not model.graph.node:
         raise InputError(f"{path} holds no ONNX graph (empty or not an ONNX model)")
     if check:
+        check_names(model, path)
+        check_tensor_data(model, path)
         try:
             onnx.checker.check_model(str(path) if is_large(model) else model)
-        except onnx.checker.ValidationError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
-            raise InputError(f"{path} is not a valid ONNX model: {first}") from None
+        except Exception as exc:  # ValidationError; ValueError and others from its C++ core for codes it does not know
+            raise InputError(f"{path} is not a valid ONNX model: {first_line(exc, 'invalid model')}") from None
     return model
 
 
@@ -139,9 +249,12 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
     """
     if opt_level not in OPT_LEVELS:
         raise InputError(f"unknown optimization level {opt_level!r}; choose from {', '.join(OPT_LEVELS)}")
+    # ORT's process-wide logger prints what its allocator and environment refuse (an overflowing
+    # size, say) on stderr as well as raising it: fatal messages only, like the sessions' own.
+    ort.set_default_logger_severity(4)
     so = ort.SessionOptions()
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, OPT_LEVELS[opt_level])
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: an error is raised as an exception (one line here), not also logged
     if threads:
         so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1
@@ -158,14 +271,34 @@ def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str =
         payload = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         return ort.InferenceSession(payload, sess_options=so, providers=providers or default_providers())
     except Exception as exc:  # ORT raises its own exception types for a model it cannot load
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"ONNX Runtime cannot load the model: {msg}") from None
+        raise InputError(f"ONNX Runtime cannot load the model: {first_line(exc)}") from None
+
+
+# The most bytes one generated input may take: a declared shape past it is a broken file (or a
+# model no random input suits), and numpy would try to fill it.
+MAX_GENERATED_BYTES = 2**31
+
+
+def check_generated_size(name: str, shape: tuple[int, ...], dtype) -> None:
+    """Refuse, before numpy allocates it, an input of more than `MAX_GENERATED_BYTES`.
+
+    Raises:
+        UnsupportedError: naming the input, its shape and its size.
+    """
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > MAX_GENERATED_BYTES:
+        raise UnsupportedError(f"input {name!r} of shape {list(shape)} would take {nbytes / 2**30:.3g} GiB, over the "
+                               f"{MAX_GENERATED_BYTES / 2**30:g} GiB updp generates for an input")
 
 
 def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
     """(name, shape, numpy dtype) for each session input, symbolic dims resolved.
 
     A symbolic first dimension becomes `batch`; other symbolic dims must be given in `dims`.
+
+    Raises:
+        InputError: a symbolic dimension past the first, or a type updp does not generate.
+        UnsupportedError: an input too large to generate (`check_generated_size`).
     """
     specs = []
     for inp in session.get_inputs():
@@ -183,6 +316,7 @@ def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
         dtype = _ONNX_TO_NUMPY.get(inp.type)
         if dtype is None:
             raise InputError(f"input {inp.name!r} has unsupported type {inp.type}")
+        check_generated_size(inp.name, tuple(shape), dtype)
         specs.append((inp.name, tuple(shape), dtype))
     return specs
 

@@ -44,7 +44,7 @@ from onnx.reference import ReferenceEvaluator
 
 from updp.core.errors import UnsupportedError, VerificationError
 from updp.feeds import generate_feeds
-from updp.ort import make_session
+from updp.ort import make_session, read_onnx
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class _Runner:
             self.session = make_session(model, opt_level="disable", threads=1)
             self.names = [o.name for o in self.session.get_outputs()]
         else:
-            proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+            proto = model if isinstance(model, onnx.ModelProto) else read_onnx(model)
             self.session = ReferenceEvaluator(proto)
             self.names = [o.name for o in proto.graph.output]
 
@@ -257,7 +257,8 @@ def _reference_runner(reference, feeds: list[dict]) -> tuple[_Runner, list[list]
                            "); give inputs the model accepts with --inputs F.npz")
 
 
-def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime: bool) -> tuple[str, list[list]]:
+def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime: bool,
+                       what: str = "the optimized model") -> tuple[str, list[list]]:
     """The candidate's runtime and outputs: the reference's runtime, or (`same_runtime=False`) the
     first runtime that runs it on these inputs.
 
@@ -275,7 +276,7 @@ def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime:
             return runtime, [cand.run(f) for f in feeds]
         except Exception as exc:  # the reference runs on these inputs, the candidate does not
             last = f"fails in {runtime}: {_first_line(exc)}"
-    raise VerificationError(f"the optimized model {last}, where the original runs ({ref.runtime}); "
+    raise VerificationError(f"{what} {last}, where the original runs ({ref.runtime}); "
                             "no output was written")
 
 
@@ -306,7 +307,8 @@ def _random_outputs(reference, ref: _Runner, feeds: dict, first: list) -> frozen
 
 def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.ModelProto | str | Path, *,
                       trials: int = 3, batch: int = 1, feeds: list[dict] | None = None,
-                      raise_on_failure: bool = True, same_runtime: bool = True) -> EquivalenceReport:
+                      raise_on_failure: bool = True, same_runtime: bool = True,
+                      what: str = "the optimized model") -> EquivalenceReport:
     """Run both models in ORT on the same inputs and compare every output.
 
     Args:
@@ -321,6 +323,7 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
         same_runtime: run both models on the same runtime (the default: what updp's rewrites are
             checked with); False lets each run on the first runtime that runs it, for comparing
             models of different opsets, which ONNX Runtime may run one of only.
+        what: how messages name the candidate.
 
     Raises:
         UnsupportedError: valid inputs cannot be generated, or neither ONNX Runtime nor onnx's
@@ -336,7 +339,7 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
     if not feeds:
         raise VerificationError("no inputs to compare with")
     ref, ref_outputs = _reference_runner(reference, feeds)
-    cand_runtime, cand_outputs = _candidate_outputs(candidate, ref, feeds, same_runtime)
+    cand_runtime, cand_outputs = _candidate_outputs(candidate, ref, feeds, same_runtime, what)
     cand_names = [o.name for o in (candidate if isinstance(candidate, onnx.ModelProto) else
                                    onnx.load(str(candidate), load_external_data=False)).graph.output]
     if ref.names != cand_names:

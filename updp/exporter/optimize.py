@@ -25,18 +25,22 @@ What is handled, and how:
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import version_converter
 
-from updp.core.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError, VerificationError
 from updp.exporter.export import op_counts
 from updp.exporter.torch_export import full_check, simplify, staged_model
 from updp.feeds import generate_feeds, load_feeds
-from updp.onnx_passes import optimize_model
+from updp.onnx_passes import infer_types, optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
 from updp.ort import is_large, load_onnx, make_session
 from updp.verify import check_equivalence
@@ -58,11 +62,18 @@ def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx
         return model, None
     try:
         converted = version_converter.convert_version(model, target)
+        # The converter drops the model's local functions; their bodies import their own opsets,
+        # so they go back as they were (the conversion check runs the result).
+        if model.functions and not converted.functions:
+            converted.functions.extend(model.functions)
     except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsupportedError(f"default-domain opset {version} is older than the passes read ({target}), and "
                                f"onnx's version converter cannot convert this model: {first}") from None
-    converted.ir_version = max(converted.ir_version, onnx.helper.find_min_ir_version_for(converted.opset_import))
+    # The IR version the new default-domain opset needs (the converter leaves the other domains,
+    # whose versions onnx may not know, as they were).
+    needed = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)])
+    converted.ir_version = max(converted.ir_version, needed)
     before, after = _interface(model), _interface(converted)
     if before != after:
         changed = next(f"{a[0]} {a[1]} -> {b[1]}" for a, b in zip(before, after) if a != b) \
@@ -126,9 +137,49 @@ def _check_input(model: onnx.ModelProto, src: str | Path) -> None:
     """A file that fails onnx's full check is bad input (exit 2), named, before any work."""
     try:
         onnx.checker.check_model(str(src) if is_large(model) else model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except Exception as exc:  # ValidationError, InferenceError; ValueError from its C++ core for codes it does not know
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
         raise InputError(f"{src} fails onnx's full check: {first}") from None
+
+
+# How many copies of its largest computed tensor `updp optimize` holds at its peak: onnxsim folds a
+# constant one into an initializer (ORT's result, numpy's, the protobuf's), the passes and the
+# written file hold the model, and the check holds both models' outputs of every trial and float64
+# copies to compare (measured: 20x for a 256 MiB ConstantOfShape).
+PEAK_COPIES = 32
+
+
+def memory_budget() -> int:
+    """The bytes this process may use: physical memory, or the address-space limit when lower."""
+    budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource  # optional: POSIX only
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            budget = min(budget, soft)
+    return budget
+
+
+def _refuse_huge_tensors(model: onnx.ModelProto, src: str | Path) -> None:
+    """Refuse (exit 3), before any work allocates it, a model that computes a tensor whose
+    `PEAK_COPIES` would not fit in `memory_budget()`: a ConstantOfShape or an Expand of a few GB is
+    a few bytes of file. The model's own weights and inputs do not count: they are what the file
+    holds (and generated inputs have their own bound, `updp.feeds`)."""
+    limit = memory_budget() // PEAK_COPIES
+    given = {t.name for t in model.graph.initializer} | {i.name for i in model.graph.input}
+    for name, (elem_type, shape) in infer_types(model).items():
+        if name in given or shape is None or not all(isinstance(d, int) and d >= 0 for d in shape):
+            continue
+        try:
+            itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+        except (KeyError, TypeError, ValueError):  # an undefined or string type: count a byte per element
+            itemsize = 1
+        nbytes = math.prod(shape) * itemsize
+        if nbytes > limit:
+            raise UnsupportedError(f"{src}: tensor {name!r} of shape {list(shape)} would take {nbytes / 2**30:.3g} "
+                                   f"GiB; updp optimize holds up to {PEAK_COPIES} copies of a computed tensor, which "
+                                   f"this machine's {memory_budget() / 2**30:.3g} GiB cannot fit")
 
 
 def _simplified(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
@@ -153,7 +204,11 @@ def _check_conversion(original: onnx.ModelProto, converted: onnx.ModelProto, fee
     Each model runs on the first runtime that runs it (ONNX Runtime no longer runs some old
     opsets; onnx's reference evaluator runs every one), and the optimized model is then checked
     against the converted one on the same runtime: original = converted = optimized."""
-    rep = check_equivalence(original, converted, feeds=feeds, raise_on_failure=False, same_runtime=False)
+    try:
+        rep = check_equivalence(original, converted, feeds=feeds, raise_on_failure=False, same_runtime=False,
+                                what="the converted model")
+    except VerificationError as exc:  # the converted model does not load or run where the original does
+        raise UnsupportedError(f"{conversion} is refused: {exc}; re-export the model at opset >= 13") from None
     if not rep.passed:
         raise UnsupportedError(f"{conversion} changes the model's outputs ({rep.failures[0]}): re-export the "
                                "model at opset >= 13")
@@ -174,13 +229,15 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
 
     Raises:
         InputError: a missing, malformed or invalid file, or inputs that do not fit it.
-        UnsupportedError: an opset the converter cannot upgrade, or valid inputs for the check
+        UnsupportedError: an opset the converter cannot upgrade, a computed tensor too large for
+            the memory (`PEAK_COPIES`), or valid inputs for the check
             cannot be generated (give `inputs`).
         VerificationError: the result differs; nothing is written.
     """
     t0 = time.perf_counter()
     original = load_onnx(src)
     _check_input(original, src)
+    _refuse_huge_tensors(original, src)
     work, conversion = upgrade_opset(original)
     if inputs is not None and feeds is not None:
         raise InputError("give the check's inputs once: a file (inputs) or arrays (feeds)")

@@ -21,6 +21,7 @@ import os
 import platform
 import re
 import secrets
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -111,9 +112,39 @@ def full_check(model: onnx.ModelProto | str | os.PathLike, what: str) -> None:
                 onnx.checker.check_model(path, full_check=True)
         else:
             onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+    except Exception as exc:  # ValidationError, InferenceError; ValueError from its C++ core for codes it does not know
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
         raise UnsupportedError(f"{what} fails the ONNX checker: {first}") from None
+
+
+@contextlib.contextmanager
+def _output_to_debug_log(what: str) -> Iterator[None]:
+    """What native code writes to the process's stdout and stderr meanwhile goes to the debug log.
+
+    onnxsim prints a warning and a Python traceback for every node it cannot fold (a huge
+    ConstantOfShape, an op ONNX Runtime refuses), straight to file descriptors 1 and 2: without
+    this, a user's terminal would show them around updp's own one-line messages.
+    """
+    streams = [s for s in (sys.stdout, sys.stderr) if s is not None]
+    for s in streams:
+        s.flush()
+    with tempfile.TemporaryFile() as sink:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            for s in streams:
+                s.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            said = sink.read(4000).decode("utf-8", "replace").strip()
+            if said:
+                logger.debug("%s wrote: %s", what, said)
 
 
 def simplify(model: onnx.ModelProto, *, optimize: bool) -> onnx.ModelProto:
@@ -123,7 +154,7 @@ def simplify(model: onnx.ModelProto, *, optimize: bool) -> onnx.ModelProto:
     convenience, never a correctness requirement, and everything after it is verified anyway.
     """
     try:
-        with _quiet_export():
+        with _quiet_export(), _output_to_debug_log("onnxsim"):
             simplified, ok = onnxsim.simplify(model, perform_optimization=optimize)
     except Exception as exc:  # onnxsim raises bare RuntimeErrors from its C++ core
         logger.warning("onnxsim skipped: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

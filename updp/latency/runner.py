@@ -269,9 +269,29 @@ def _check_batch_axis(names: list[str], sessions: list, batch: int) -> None:
                                  f"`--batch {batch}`")
 
 
-def _time_interleaved(sessions: list, feeds: list[dict], repeats: int,
-                      budget_s: float | None) -> list[list[int]]:
-    """Timed runs, one per model per round, starting model rotating; returns ns samples per model."""
+def _cannot_run(name: str, exc: Exception) -> InputError:
+    """A model ONNX Runtime loads but cannot run (an attribute its kernel refuses, no outputs, a
+    tensor it cannot allocate), named in one line."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return InputError(f"ONNX Runtime cannot run model {name!r} on random inputs: {reason}")
+
+
+def _warm_up(names: list[str], sessions: list, feeds: list[dict], warmup: int) -> None:
+    for name, sess, feed in zip(names, sessions, feeds, strict=True):
+        try:
+            for _ in range(warmup):
+                sess.run(None, feed)
+        except Exception as exc:  # ORT raises its own exception types (Fail, InvalidArgument, ...)
+            raise _cannot_run(name, exc) from None
+
+
+def _time_interleaved(sessions: list, feeds: list[dict], repeats: int, budget_s: float | None,
+                      names: list[str] | None = None) -> list[list[int]]:
+    """Timed runs, one per model per round, starting model rotating; returns ns samples per model.
+
+    Raises:
+        InputError: a session fails to run (`_cannot_run`; `names` name the models).
+    """
     m = len(sessions)
     samples: list[list[int]] = [[] for _ in range(m)]
     gc_was_enabled = gc.isenabled()
@@ -289,6 +309,8 @@ def _time_interleaved(sessions: list, feeds: list[dict], repeats: int,
             if budget_s is not None and time.perf_counter() - start > budget_s and r + 1 < repeats:
                 logger.info("time budget of %.1fs reached after %d of %d rounds", budget_s, r + 1, repeats)
                 break
+    except Exception as exc:  # ORT raises its own exception types; `i` is the model that failed
+        raise _cannot_run(names[i] if names else f"#{i}", exc) from None
     finally:
         if gc_was_enabled:
             gc.enable()
@@ -336,10 +358,8 @@ def benchmark(models: list[ModelSpec], setup: LatencySetup | None = None, *,
                                  spinning=setup.spinning)
                     for _, model in models]
         feeds = _shared_feeds(names, sessions, setup.batch, seed)
-        for sess, feed in zip(sessions, feeds, strict=True):
-            for _ in range(setup.warmup):
-                sess.run(None, feed)
-        samples = _time_interleaved(sessions, feeds, setup.repeats, budget)
+        _warm_up(names, sessions, feeds, setup.warmup)
+        samples = _time_interleaved(sessions, feeds, setup.repeats, budget, names)
         timings = [ModelTiming.from_samples(n, level, s) for n, s in zip(names, samples, strict=True)]
         base = timings[0]
         for t in timings:

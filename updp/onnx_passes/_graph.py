@@ -505,6 +505,12 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
 
     Dims are ints, or strings/None where symbolic. Failure only means "shapes unknown".
     """
+    return {name: shape for name, (_, shape) in infer_types(model).items()}
+
+
+def infer_types(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
+    """(element type, static shape) of every tensor, as `infer_shapes` finds them (graph inputs,
+    large weights among them, included; the element type is 0 where unknown)."""
     g = model.graph
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
@@ -519,7 +525,7 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
             lg.initializer.append(t)
         elif t.name not in have_inputs:
             lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
-    shapes: dict[str, tuple | None] = {}
+    shapes: dict[str, tuple[int, tuple | None]] = {}
     try:
         inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
     except Exception as exc:  # inference is best effort
@@ -529,12 +535,12 @@ def infer_shapes(model: onnx.ModelProto) -> dict[str, tuple | None]:
     for vi in vis:
         tt = vi.type.tensor_type
         if not tt.HasField("shape"):
-            shapes[vi.name] = None
+            shapes[vi.name] = (tt.elem_type, None)
             continue
         dims = []
         for d in tt.shape.dim:
             dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or None))
-        shapes[vi.name] = tuple(dims)
+        shapes[vi.name] = (tt.elem_type, tuple(dims))
     return shapes
 
 

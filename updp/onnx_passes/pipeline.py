@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from updp.core.errors import InputError
@@ -120,7 +121,12 @@ def optimize_model(
         folds,
         (lambda g: merge_chains(g, cost_model), fold_residual),
     )
-    run = _iterate(work, phases, max_iterations)
+    # The passes compute in float64 with the file's values as they are: a NaN or Inf weight, or a
+    # negative variance, gives NaN or Inf, which the verification compares with what the original
+    # computes (NaN-aware). numpy's RuntimeWarnings about them would only be noise on stderr.
+    with _foreign_ops_hidden(work) as restore, np.errstate(all="ignore"):
+        run = _iterate(work, phases, max_iterations)
+        restore(run.model)
     work = run.model
     try:
         with model_file(work) if is_large(work) else contextlib.nullcontext(work) as checkable:
@@ -149,6 +155,32 @@ def optimize_model(
         res.applied,
     )
     return res
+
+
+# Prefixed to the op type of a node of another domain while the passes run (no ONNX op has a colon).
+_FOREIGN = "updp-foreign:"
+
+
+def _restore_foreign_ops(model: onnx.ModelProto) -> None:
+    for n in model.graph.node:
+        if n.op_type.startswith(_FOREIGN):
+            n.op_type = n.op_type[len(_FOREIGN):]
+
+
+@contextlib.contextmanager
+def _foreign_ops_hidden(model: onnx.ModelProto):
+    """The passes match nodes by op type. A node of another domain (com.microsoft, a custom one, a
+    model-local function) that is named like an ONNX op is not that op, and rewriting it as one
+    would change what the model computes: while the passes run, its op type carries a prefix no
+    pattern matches. Yields the function that takes the prefix off a result's nodes; `model`'s own
+    nodes get theirs back in any case."""
+    for n in model.graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            n.op_type = _FOREIGN + n.op_type
+    try:
+        yield _restore_foreign_ops
+    finally:
+        _restore_foreign_ops(model)
 
 
 def _validate(model: onnx.ModelProto) -> None:
