@@ -35,13 +35,13 @@ def _dead_pid() -> int:
 
 
 def test_a_write_removes_the_temporaries_of_dead_writers_and_keeps_live_ones(tmp_path):
-    dead = tmp_path / f".out.txt.{_dead_pid()}.abc.tmp"
+    dead = tmp_path / f".out.txt.{_dead_pid()}.abc12345.tmp"
     dead.write_text("half of a killed write")
-    dead_dir = tmp_path / f".out.txt.{_dead_pid()}.def.tmp"
+    dead_dir = tmp_path / f".out.txt.{_dead_pid()}.def12345.tmp"
     dead_dir.mkdir()
-    alive = tmp_path / f".out.txt.{os.getppid()}.ghi.tmp"  # a live process (the test runner's parent)
+    alive = tmp_path / f".out.txt.{os.getppid()}.ghi12345.tmp"  # a live process (the test runner's parent)
     alive.write_text("a write in progress")
-    other = tmp_path / f".other.txt.{_dead_pid()}.jkl.tmp"  # another destination's: not ours to judge here
+    other = tmp_path / f".other.txt.{_dead_pid()}.jkl12345.tmp"  # another destination's: not ours to judge here
     other.write_text("x")
     write_text_atomic(tmp_path / "out.txt", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.txt", alive.name, other.name])
@@ -110,3 +110,23 @@ def test_the_file_and_then_its_folder_are_flushed_to_disk_before_and_after_the_r
     monkeypatch.setattr(os, "replace", replace)
     write_text_atomic(tmp_path / "out.txt", "x")
     assert len(synced) == 3 and synced[0].startswith(".out.txt.") and synced[1:] == ["rename", tmp_path.name]
+
+
+def test_a_command_starting_on_a_folder_sweeps_what_killed_writers_left(tmp_path):
+    """A killed write that is never repeated (another file name) is still cleaned up: by the next
+    command that writes into the folder."""
+    from updp.core.io import check_writable_dir
+
+    stale = tmp_path / f".config.json.{_dead_pid()}.ab_cd123.tmp"
+    stale.write_text("half")
+    nested = tmp_path / "export"
+    nested.mkdir()
+    stale_dir = nested / f".pruned.onnx.{_dead_pid()}.zz9_k2m1.tmp"
+    stale_dir.mkdir()
+    mine = tmp_path / f".x.{os.getpid()}.abcdefgh.tmp"  # a live writer's (this process)
+    mine.write_text("in progress")
+    lookalike = tmp_path / ".notes.1.txt.tmp"  # not updp's pattern
+    lookalike.write_text("user's")
+    check_writable_dir(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", mine.name, lookalike.name])
+    assert list(nested.iterdir()) == []

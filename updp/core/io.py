@@ -12,8 +12,9 @@ files), so the guarantees hold for checkpoints, ONNX models, plans, tables and r
   failure or a kill leaves the old file, or none, never half of one.
 * **Permissions**: the final file gets what the umask gives a new file (mkstemp's 0600 would make a
   deployed model unreadable by the serving user).
-* **Leftovers**: temporary names carry the writer's pid (`.<name>.<pid>.<random>.tmp`); the next
-  successful write of the same destination removes those of writers that are no longer alive.
+* **Leftovers**: temporary names carry the writer's pid (`.<name>.<pid>.<random>.tmp`); those of
+  writers that are no longer alive are removed by the next successful write of the same file and
+  when a command starts on the folder (`check_outputs`, `check_writable_dir`).
 * **Errors**: an OSError (full disk, read-only file system, permission) becomes an `InputError`
   that names the path: exit 2, one line.
 """
@@ -75,13 +76,15 @@ def check_writable(dest: str | os.PathLike) -> Path:
 
 
 def check_writable_dir(folder: str | os.PathLike) -> Path:
-    """The same check for an output folder (a run directory): it must be, or become, a folder."""
+    """The same check for an output folder (a run directory): it must be, or become, a folder; what
+    killed writers left anywhere in it is removed."""
     if not str(folder).strip():
         raise InputError("the output folder path is empty")
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: exists and is not a folder")
     check_writable(path / ".updp-write-check")
+    sweep_stale_temps(path, recursive=True)
     return path
 
 
@@ -98,13 +101,15 @@ def refuse_same_file(out: str | os.PathLike, *inputs: str | os.PathLike | None) 
 
 def check_outputs(outputs: list[str | os.PathLike | None], inputs: list[str | os.PathLike | None] = ()) -> None:
     """Before a command's work: every output it will write can be written, none is one of its inputs,
-    and no two are the same file (`check_writable`, `refuse_same_file`)."""
+    and no two are the same file (`check_writable`, `refuse_same_file`); the temporaries killed
+    writers left beside them are removed."""
     if any(o is not None and not str(o).strip() for o in outputs):
         raise InputError("the output path is empty")
     chosen = [Path(o) for o in outputs if o is not None]
     for out in chosen:
         check_writable(out)
         refuse_same_file(out, *inputs)
+        sweep_stale_temps(out.parent)
     resolved = [os.path.abspath(o) for o in chosen]
     for i, path in enumerate(resolved):
         if path in resolved[:i]:
@@ -169,14 +174,35 @@ def commit(tmp: Path, dest: Path) -> None:
     remove_stale_temps(dest)
 
 
+# `.<name>.<pid>.<8 random characters of mkstemp/mkdtemp>.tmp`
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX) + "$")
+
+
 def remove_stale_temps(dest: Path) -> list[Path]:
     """Remove the temporary files and folders of writes to `dest` whose writer is no longer alive."""
-    pattern = re.compile(re.escape(f".{dest.name}.") + r"(\d+)\..*" + re.escape(_TEMP_SUFFIX) + "$")
+    return _sweep(dest.parent, only=dest.name)
+
+
+def sweep_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> list[Path]:
+    """Remove what killed writers left in `folder` (any file's temporaries): called when a command
+    starts on an output folder, so that a write killed and never repeated leaves nothing behind."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = _sweep(folder)
+    if recursive:
+        for sub in sorted(p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()):
+            if sub.exists():
+                removed += _sweep(sub)
+    return removed
+
+
+def _sweep(folder: Path, only: str | None = None) -> list[Path]:
     removed = []
     with contextlib.suppress(OSError):
-        for entry in dest.parent.iterdir():
-            match = pattern.match(entry.name)
-            if match is None or _alive(int(match.group(1))):
+        for entry in list(folder.iterdir()):
+            match = _TEMP_NAME.match(entry.name)
+            if match is None or (only is not None and match["name"] != only) or _alive(int(match["pid"])):
                 continue
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)

@@ -179,7 +179,8 @@ def resolve_config(cfg: RunConfig | None, run_dir: Path, resume: bool) -> RunCon
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.is_file():
-            raise InputError(f"--resume {run_dir}: no {CONFIG_FILE} there (not an updp run directory)")
+            raise InputError(f"--resume {run_dir}: no {CONFIG_FILE} there (not an updp run directory, or one killed "
+                             "before it started: rerun the original command with --out)")
         return cfg if cfg is not None else RunConfig.from_json(saved.read_text())
     if cfg is None:
         raise InputError("updp run: give a config (--config F.toml or flags), or --resume DIR")
