@@ -33,7 +33,8 @@ the machine.
 
 The default suite runs `DEFAULT_CASES` (every mutation kind at least once); `-m fuzz` runs the
 others. To look at one case: `python tests/test_fuzz_files.py --repro N DIR` writes its input
-under DIR and prints the command line.
+under DIR and prints the command line. `UPDP_FUZZ_SALT=s` draws other cases from the same
+numbers; `UPDP_FUZZ_SUMMARY=F.json` writes every case's record to F.json at the end.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ import pytest
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 CASE_TIMEOUT_S = 60
+# Another salt draws other cases from the same numbers (for exploring past the fixed ones; the
+# worker inherits it, and a case's id is reproducible only with the same salt).
+SALT = os.environ.get("UPDP_FUZZ_SALT", "")
 SEED_TIMEOUT_S = 600
 MEMORY_LIMIT = 6 * 2**30
 CHUNK = 20
@@ -979,7 +983,7 @@ class Plan:
 def plan(index: int) -> Plan:
     """Every kind in turn as the first mutation (each stretch of `len(KINDS)` cases has them all),
     then up to two more at random; byte and path mutations come last, on the serialized file."""
-    rng = random.Random(f"updp-fuzz-plan-{index}")
+    rng = random.Random(f"updp-fuzz-plan-{SALT}{index}")
     first = KINDS[index % len(KINDS)]
     layer = MUTATIONS[first].layer
     if layer == "ext":
@@ -1022,7 +1026,7 @@ def _special_input(path: Path, rng: random.Random) -> str:
 
 def build_input(p: Plan, seeds: Path, folder: Path) -> tuple[Path, list[str]]:
     """Write case `p`'s mutated model as `folder/model.onnx` (with its data file, for cbr_ext)."""
-    rng = random.Random(f"updp-fuzz-case-{p.index}")
+    rng = random.Random(f"updp-fuzz-case-{SALT}{p.index}")
     folder.mkdir(parents=True)
     src = folder / "model.onnx"
     if (seeds / p.seed / "model.data").exists():

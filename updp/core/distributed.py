@@ -12,6 +12,7 @@ Two views of "which rank am I", because they answer different questions:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from typing import Any
@@ -63,8 +64,17 @@ def init_process_group(device: torch.device) -> bool:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        # Left to the interpreter's exit, gloo's threads can be destroyed while still joinable and
+        # a rank aborts ("terminate called without an active exception") after its work is done.
+        atexit.register(shutdown_process_group)
         logger.info("process group: %s, rank %d of %d", backend, dist.get_rank(), dist.get_world_size())
     return True
+
+
+def shutdown_process_group() -> None:
+    """Destroy the process group this process initialized (a no-op without one)."""
+    if _group_ready():
+        dist.destroy_process_group()
 
 
 def all_reduce_sums(values: list[float], device: torch.device) -> list[float]:
