@@ -6,9 +6,10 @@ the real mnist5k data, all through the `updp` CLI (so every step is a command a 
 1. `updp train` a baseline (no hub weights can be downloaded here);
 2. `updp search --target-blocks K` (K = a third of the blocks): supernet + evolutionary search,
    which also scores random picks of the same size on the holdout split;
-3. `updp prune --plan plan.json` with four methods at the same epochs, 3 seeds each:
-   UPDP (progressive λ + KD), `--abrupt`, `--drop`, `--no-kd`; plus UPDP on a *random* pick of the
-   same size (seed s draws the pick), to see whether the search's pick is better after training;
+3. `updp prune --plan plan.json` with five methods at the same epochs, 3 seeds each: UPDP
+   (progressive λ + KD), `--method abrupt`, `--method layerfold`, `--method drop`, `--no-kd`; plus
+   UPDP on a *random* pick of the same size (seed s draws the pick), to see whether the search's
+   pick is better after training;
 4. `updp export` the baseline and the UPDP seed-0 checkpoint (merged, verified), `updp eval` both
    ONNX files (parity with torch), and `updp bench` them interleaved (ORT CPU, 2 threads,
    ORT_ENABLE_ALL) for the latency ratio; the dropped model is exported and timed too.
@@ -53,7 +54,8 @@ MODELS = {
                      "prune": ["--batch-size", "64", "--lr", "2.5e-4", "--amp", "bf16"],
                      "base_epochs": 30, "prune_epochs": 2},
 }
-METHODS = {"updp": [], "abrupt": ["--abrupt"], "drop": ["--drop"], "no_kd": ["--no-kd"]}
+METHODS = {"updp": [], "abrupt": ["--method", "abrupt"], "layerfold": ["--method", "layerfold"],
+           "drop": ["--method", "drop"], "no_kd": ["--no-kd"]}
 
 
 CACHE: Path | None = None  # set in main(): <work>/cmd-cache

@@ -371,7 +371,7 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
               "Distillation from the frozen baseline is on by default (--no-kd).\n\n"
               "examples:\n  updp prune --checkpoint base.pt --prune 2 --data mnist5k --epochs 5 --out p2.pt\n"
               "  updp prune --checkpoint base.pt --plan plan.json --data mnist5k --epochs 5 --out p.pt\n"
-              "  updp prune --checkpoint base.pt --blocks 1,3 --abrupt --data mnist5k --epochs 5 --out abrupt.pt\n"
+              "  updp prune --checkpoint base.pt --blocks 1,3 --method layerfold --data mnist5k --out lf.pt\n"
               "  updp export --checkpoint p2.pt --out p2.onnx", cmd_prune),
     "eval": ("accuracy of an ONNX file (ONNX Runtime) or a checkpoint (torch)",
              "The ONNX file takes the normalized tensor of the data pipeline, as the torch model.\n\n"

@@ -15,7 +15,7 @@ from updp.models import create_for_data
 from updp.training.progressive import ProgressiveConfig, train_progressive
 
 METHOD = {"schedule": "linear", "ramp_fraction": 0.5, "kd": True, "kd_alpha": 0.5, "kd_temperature": 1.0,
-          "calib_batches": 2}
+          "calib_batches": 2, "method": "updp", "layerfold_penalty": 0.25, "layerfold_alpha_lr": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_lambda_zero_is_the_baseline_and_the_run_ends_at_one(digits, trainer_con
 
 def test_abrupt_and_drop_change_the_function_at_the_start(digits, trainer_config):
     base, spec = _baseline(digits)
-    for kw, note in (({"abrupt": True}, "abrupt"), ({"drop": True}, "drop")):
+    for kw, note in (({"method": "abrupt"}, "abrupt"), ({"method": "drop"}, "drop")):
         module = copy.deepcopy(base)
         res = train_progressive(module, digits, [1, 3], selection_rule="manual", model_spec=spec,
                                 train=trainer_config(epochs=1, max_steps_per_epoch=1),
@@ -53,8 +53,9 @@ def test_abrupt_and_drop_change_the_function_at_the_start(digits, trainer_config
     assert res.plan.block_options == {"drop": True}
 
 
-def test_abrupt_and_drop_exclude_each_other():
-    with pytest.raises(InputError, match="different ablations"):
-        ProgressiveConfig(**METHOD, abrupt=True, drop=True)
-    with pytest.raises(InputError, match="not block_options"):
-        ProgressiveConfig(**METHOD, block_options={"drop": True})
+def test_methods_are_one_switch():
+    with pytest.raises(InputError, match="unknown pruning method 'fold'"):
+        ProgressiveConfig(**{**METHOD, "method": "fold"})
+    for marker in ("drop", "layerfold_alphas"):
+        with pytest.raises(InputError, match="use ProgressiveConfig.method"):
+            ProgressiveConfig(**METHOD, block_options={marker: True})

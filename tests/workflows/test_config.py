@@ -136,7 +136,7 @@ def test_every_run_section_key_reaches_the_workflow_config(section, tmp_path):
     for f in fields(type(getattr(base, section))):
         value = getattr(getattr(base, section), f.name)
         new = _changed(value)
-        if new == value or f.name in ("blocks", "checkpoint", "profile_runs", "profile_opt_level", "abrupt"):
+        if new == value or f.name in ("blocks", "checkpoint", "profile_runs", "profile_opt_level"):
             continue  # not a number or a switch, or a key the stage uses itself (tested in test_run.py)
         try:
             cfg = base.replace(**{section: {f.name: new}})

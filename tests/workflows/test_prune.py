@@ -71,12 +71,30 @@ def test_plan_file_abrupt_and_schedule_options(tmp_path, base):
                      block_names=["stages.1.blocks.1", "stages.2.blocks.1"], selection_rule="search:test")
     plan.save(str(tmp_path / "plan.json"))
     out = tmp_path / "abrupt.pt"
-    assert main(["-q", "prune", "--checkpoint", str(base), "--plan", str(tmp_path / "plan.json"), "--abrupt",
+    assert main(["-q", "prune", "--checkpoint", str(base), "--plan", str(tmp_path / "plan.json"), "--method", "abrupt",
                  "--no-kd", "--epochs", "1", "--out", str(out), *TINY]) == 0
     ck = torch.load(out, weights_only=True)
     p = PrunePlan.from_dict(ck["plan"])
     assert p.blocks == [3, 5] and p.selection_rule == "search:test" and "abrupt" in p.notes and "no kd" in p.notes
     assert ck["config"]["kd_alpha"] == 0.0 and _lams(ck) == [1.0, 1.0]
+
+
+def test_layerfold_prune_export_merge_verify_eval(tmp_path, base, capsys):
+    """Layer-Folding end to end like the other methods: prune → export (merge + verify) → eval."""
+    pruned = tmp_path / "lf.pt"
+    assert main(["-q", "prune", "--checkpoint", str(base), "--blocks", "1,3", "--method", "layerfold",
+                 "--epochs", "2", "--out", str(pruned), *TINY]) == 0
+    capsys.readouterr()
+    ck = torch.load(pruned, weights_only=True)
+    assert ck["plan"]["block_options"] == {"layerfold_alphas": True} and "layerfold" in ck["plan"]["notes"]
+    assert _lams(ck) == [1.0, 1.0]
+    out = tmp_path / "lf.onnx"
+    assert main(["-q", "export", "--checkpoint", str(pruned), "--out", str(out), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["pruned_blocks"] == [1, 3] and exported["verified"] and exported["max_abs_diff"] is not None
+    assert exported["nodes_after"] < exported["nodes_before"]  # the folded blocks merged
+    assert main(["eval", str(out), "--data", "digits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 359
 
 
 def test_step_schedule_api_ramp_reaches_one(tmp_path, base):
@@ -91,7 +109,7 @@ def test_step_schedule_api_ramp_reaches_one(tmp_path, base):
 
 def test_drop_ablation_exports_a_shallower_model(tmp_path, base, capsys):
     out = tmp_path / "drop.pt"
-    assert main(["-q", "prune", "--checkpoint", str(base), "--blocks", "1,3", "--drop", "--epochs", "1",
+    assert main(["-q", "prune", "--checkpoint", str(base), "--blocks", "1,3", "--method", "drop", "--epochs", "1",
                  "--out", str(out), *TINY]) == 0
     ck = torch.load(out, weights_only=True)
     assert ck["plan"]["block_options"] == {"drop": True}

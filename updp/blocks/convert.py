@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from updp.blocks.discover import BlockInfo, recognized_blocks
-from updp.blocks.modules import ChannelBatchNorm, check_lam
+from updp.blocks.modules import ChannelBatchNorm, LambdaModule, check_lam
 from updp.blocks.registry import PrunedBlock, get_handler
 from updp.core.errors import InputError, UnsupportedError
 
@@ -120,6 +120,37 @@ def set_lam(model: nn.Module, lam: float) -> int:
     for _, blk in blocks:
         blk.set_lam(lam)
     return len(blocks)
+
+
+def add_alphas(model: nn.Module) -> list[nn.Parameter]:
+    """Layer-Folding: give every λ-module of the pruned blocks a learnable α (see `LambdaModule`).
+
+    α starts at the block's λ and replaces it in the blends until the block is set to λ = 1
+    (`fold_alphas`). Returns the new parameters, in module order.
+    """
+    alphas = []
+    for _, blk in pruned_blocks(model):
+        like = next(blk.parameters())
+        alphas += [m.add_alpha(like) for m in blk.modules() if isinstance(m, LambdaModule)]
+    return alphas
+
+
+@torch.no_grad()
+def fold_alphas(model: nn.Module) -> int:
+    """Force every learnable α to 1 and set the blocks to λ = 1: the linear, mergeable form.
+
+    From here the blends take the python λ = 1 path, so the α's no longer enter the forward (they
+    stay in the state dict, at 1, so that a checkpoint loads into a model rebuilt by its plan).
+    Returns how many α's were folded.
+    """
+    n = 0
+    for _, blk in pruned_blocks(model):
+        for m in blk.modules():
+            if isinstance(m, LambdaModule) and m.alpha is not None:
+                m.alpha.fill_(1.0)
+                n += 1
+        blk.set_lam(1.0)
+    return n
 
 
 def pruned_blocks(model: nn.Module) -> list[tuple[str, PrunedBlock]]:

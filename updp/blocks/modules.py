@@ -54,17 +54,44 @@ def check_lam(lam: float) -> float:
 
 
 class LambdaModule(nn.Module):
-    """Base of modules with a python-float λ. The owning pruned block sets it via `set_lam`."""
+    """Base of modules with a python-float λ. The owning pruned block sets it via `set_lam`.
+
+    Layer-Folding (`add_alpha`) gives the module a learnable blend weight α instead: while λ < 1
+    the blend uses α (a 0-d parameter, clamped to [0, 1]) in place of λ; once the block is set to
+    λ = 1 the python path takes over again, so a folded block exports exactly like any λ = 1 block.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.lam = 0.0
+        self.alpha: nn.Parameter | None = None
 
     def set_lam(self, lam: float) -> None:
         self.lam = check_lam(lam)
 
+    def add_alpha(self, like: torch.Tensor) -> nn.Parameter:
+        """A learnable α starting at the current λ (with `like`'s dtype and device); returns it."""
+        if self.alpha is None:
+            self.alpha = nn.Parameter(torch.tensor(self.lam, dtype=like.dtype, device=like.device))
+        return self.alpha
+
+    @property
+    def learning_alpha(self) -> bool:
+        return self.alpha is not None and self.lam != 1.0
+
+    def blend_weight(self) -> float | torch.Tensor:
+        """What the blend uses: λ (a python float), or the learnable α while it is learning.
+
+        α's value is clamped to [0, 1] with the gradient passed straight through: a plain clamp has
+        a zero gradient at α = 0, where Layer-Folding starts, and α would never move.
+        """
+        if self.learning_alpha:
+            a = self.alpha
+            return a + (a.clamp(0.0, 1.0) - a).detach()
+        return self.lam
+
     def extra_repr(self) -> str:
-        return f"lam={self.lam}"
+        return f"lam={self.lam}" + (", learnable alpha" if self.alpha is not None else "")
 
 
 def _act_no_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -83,11 +110,12 @@ class LambdaAct(LambdaModule):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.lam
-        if lam == 0.0:
-            return self.act(x)
-        if lam == 1.0:
-            return x
+        lam = self.blend_weight()
+        if isinstance(lam, float):
+            if lam == 0.0:
+                return self.act(x)
+            if lam == 1.0:
+                return x
         return (1.0 - lam) * _act_no_inplace(self.act, x) + lam * x
 
 
@@ -99,11 +127,12 @@ class EndAct(LambdaModule):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lam = self.lam
-        if lam == 0.0:
-            return x
-        if lam == 1.0:
-            return self.act(x)
+        lam = self.blend_weight()
+        if isinstance(lam, float):
+            if lam == 0.0:
+                return x
+            if lam == 1.0:
+                return self.act(x)
         return (1.0 - lam) * x + lam * _act_no_inplace(self.act, x)
 
 
@@ -202,10 +231,10 @@ class BlendedNorm(LambdaModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base, target = self._parts
-        lam = self.lam
-        if lam == 1.0 or self.swap_at_start:
+        lam = self.blend_weight()
+        if self.swap_at_start or (isinstance(lam, float) and lam == 1.0):
             return target(x)
-        if lam == 0.0:
+        if isinstance(lam, float) and lam == 0.0:
             if target.training:
                 with torch.no_grad():  # running statistics only; the output is the baseline's
                     target(x)
@@ -213,7 +242,7 @@ class BlendedNorm(LambdaModule):
         return (1.0 - lam) * base(x) + lam * target(x)
 
     def extra_repr(self) -> str:
-        return f"lam={self.lam}, swap_at_start={self.swap_at_start}"
+        return f"{super().extra_repr()}, swap_at_start={self.swap_at_start}"
 
 
 def bn_from_layernorm(ln: nn.LayerNorm, channel_dim: int) -> ChannelBatchNorm:

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from updp.blocks.convert import apply_pruning, drop_blocks
+from updp.blocks.convert import add_alphas, apply_pruning, drop_blocks
 from updp.blocks.discover import BlockInfo, find_blocks
 from updp.blocks.registry import SHORTCUT_IDENTITY
 from updp.core.errors import InputError
@@ -23,6 +23,9 @@ from updp.models.zoo import same_model
 
 SCHEMA_VERSION = 1
 DROP_OPTION = "drop"  # block option of a plan whose blocks are removed (the block-drop ablation)
+# Block option of a plan trained by Layer-Folding: its blocks carry the (folded) α parameters.
+LAYERFOLD_OPTION = "layerfold_alphas"
+METHOD_OPTIONS = (DROP_OPTION, LAYERFOLD_OPTION)
 _OPTIONAL_RECORDS = ("search", "scores", "latency", "supernet")
 
 
@@ -98,8 +101,9 @@ class PrunePlan:
         return bool(self.block_options.get(DROP_OPTION, False))
 
     def family_options(self) -> dict[str, Any]:
-        """The options for `apply_pruning` (the block options without the drop marker)."""
-        return {k: v for k, v in self.block_options.items() if k != DROP_OPTION}
+        """The options for `apply_pruning`: the block options without the method markers (drop,
+        Layer-Folding's α's), which say how the plan was trained, not how a block is converted."""
+        return {k: v for k, v in self.block_options.items() if k not in METHOD_OPTIONS}
 
     def check_against(self, model: nn.Module, *, model_name: str | None = None) -> list[BlockInfo]:
         """The one check that a plan fits a model; the `BlockInfo`s of its blocks.
@@ -143,6 +147,8 @@ class PrunePlan:
             drop_blocks(model, list(self.blocks))
         else:
             apply_pruning(model, self.blocks, lam=self.lam, **self.family_options())
+            if self.block_options.get(LAYERFOLD_OPTION):
+                add_alphas(model)
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)

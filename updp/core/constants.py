@@ -37,3 +37,7 @@ SPLITS: tuple[str, ...] = ("val", "holdout", "train")
 DEFAULT_THREADS = 2
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 100
+
+# How `updp prune` makes a block linear: UPDP's progressive lambda, DepthShrinker-style at once,
+# Layer-Folding's learned slopes, or removing the block.
+PRUNE_METHODS = ("updp", "abrupt", "layerfold", "drop")

@@ -8,6 +8,7 @@ layer scale or a BN weight towards 0 shrinks a residual branch for no reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from torch import nn
 
@@ -31,17 +32,27 @@ class WarmupCosine:
         return warmup_cosine(step, self.total, self.warmup)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay weights with ndim ≥ 2; not norm affines, biases or layer scales (see the module docstring)."""
+def param_groups(model: nn.Module, weight_decay: float,
+                 lr_for: Callable[[str], float | None] | None = None) -> list[dict]:
+    """Decay weights with ndim ≥ 2; not norm affines, biases or layer scales (see the module docstring).
+
+    Parameters for which `lr_for(name)` gives a learning rate go into their own groups (one per
+    rate, no weight decay), e.g. Layer-Folding's α's.
+    """
     decay, no_decay = [], []
+    own: dict[float, list] = {}
     seen: set[int] = set()
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (decay if p.ndim >= 2 else no_decay).append(p)
+        lr = lr_for(name) if lr_for is not None else None
+        if lr is not None:
+            own.setdefault(float(lr), []).append(p)
+        else:
+            (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
+    groups += [{"params": ps, "weight_decay": 0.0, "lr": lr} for lr, ps in own.items()]
     return groups
-

@@ -12,13 +12,18 @@ checkpoint carrying its `PrunePlan`, which `updp export` picks up.
 The recipe fields of `ProgressiveConfig` have no defaults here: `updp prune` owns them
 (`updp.workflows.config.PruneConfig`).
 
-Ablations (so that benchmarks can compare them):
+Methods (`method`), all sharing the block choice, the epochs, the data, distillation and the
+export path, so that only the way a block becomes linear differs:
 
+* `updp`: λ rises from 0 to 1 over the ramp (`LambdaSchedule`), then stays 1.
 * `abrupt`: λ = 1 from the first step (DepthShrinker-style direct activation removal).
+* `layerfold`: Layer-Folding's learned slopes, penalized towards 1 and forced to 1 at the end of
+  the ramp (`updp.training.layerfold`); the plan records `block_options["layerfold_alphas"]`.
 * `drop`: the chosen blocks are removed entirely, each replaced by its shortcut (`nn.Identity`).
   Only blocks with an identity shortcut can be dropped; the plan records `block_options["drop"]`
   so that export and eval rebuild the same shallower model.
-* `kd=False`: no distillation.
+
+`kd=False` (no distillation) combines with any of them.
 
 Why distillation is on by default (`updp prune`) with α = 0.5: a pruned block starts as the baseline function
 and the teacher *is* the baseline, so the soft targets pull the whole network back towards what
@@ -40,12 +45,14 @@ import torch
 from torch import nn
 
 from updp.accuracy import module_accuracy
-from updp.blocks.convert import apply_pruning, calibrate_bn, drop_blocks, pruned_blocks, set_lam
+from updp.blocks.convert import apply_pruning, calibrate_bn, drop_blocks, fold_alphas, pruned_blocks, set_lam
 from updp.blocks.discover import find_blocks
-from updp.blocks.plan import DROP_OPTION, PrunePlan
+from updp.blocks.plan import DROP_OPTION, LAYERFOLD_OPTION, METHOD_OPTIONS, PrunePlan
+from updp.core.constants import PRUNE_METHODS
 from updp.core.errors import InputError
 from updp.training.device import fast_cpu_math, resolve_device
 from updp.training.lambda_schedule import LambdaSchedule
+from updp.training.layerfold import LayerFold
 from updp.training.trainer import Trainer, TrainerConfig, TrainResult, format_history
 
 logger = logging.getLogger(__name__)
@@ -62,8 +69,9 @@ class ProgressiveConfig:
         kd_alpha: weight of the distillation term.
         kd_temperature: its softmax temperature.
         calib_batches: batches for calibrating the new BatchNorms before training.
-        abrupt: λ = 1 from the first step (ablation).
-        drop: remove the blocks instead of linearizing them (ablation).
+        method: 'updp', 'abrupt', 'layerfold' or 'drop' (see the module docstring).
+        layerfold_penalty: Layer-Folding's λ_LF, the weight of `Σ |1 − α²|`.
+        layerfold_alpha_lr: the peak learning rate of Layer-Folding's α's.
         block_options: family options for `apply_pruning` (`swap_at_start`, `prune_norm1`).
     """
 
@@ -73,20 +81,34 @@ class ProgressiveConfig:
     kd_alpha: float
     kd_temperature: float
     calib_batches: int
-    abrupt: bool = False
-    drop: bool = False
+    method: str
+    layerfold_penalty: float
+    layerfold_alpha_lr: float
     block_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.abrupt and self.drop:
-            raise InputError("--abrupt and --drop are different ablations: choose one")
-        if DROP_OPTION in self.block_options:
-            raise InputError("use ProgressiveConfig.drop, not block_options['drop']")
+        if self.method not in PRUNE_METHODS:
+            raise InputError(f"unknown pruning method {self.method!r} (use {', '.join(PRUNE_METHODS)})")
+        marked = sorted(set(self.block_options) & set(METHOD_OPTIONS))
+        if marked:
+            raise InputError(f"block_options {marked} mark a method: use ProgressiveConfig.method")
+        if self.layerfold_alpha_lr <= 0:
+            raise InputError(f"--layerfold-alpha-lr must be > 0, got {self.layerfold_alpha_lr}")
+
+    @property
+    def drop(self) -> bool:
+        return self.method == "drop"
+
+    @property
+    def abrupt(self) -> bool:
+        return self.method == "abrupt"
 
     def describe(self) -> str:
-        if self.drop:
-            return "drop (blocks replaced by their identity shortcut)"
-        return "abrupt (lambda = 1 from the start)" if self.abrupt else "updp progressive"
+        return {"drop": "drop (blocks replaced by their identity shortcut)",
+                "abrupt": "abrupt (lambda = 1 from the start)",
+                "layerfold": f"layerfold (learned alphas, penalty {self.layerfold_penalty} |1 - alpha^2|, alpha lr "
+                             f"{self.layerfold_alpha_lr}, forced to 1 at the end of the ramp)",
+                "updp": "updp progressive"}[self.method]
 
 
 @dataclass
@@ -124,18 +146,26 @@ class PruneResult:
 
 
 def _convert(student: nn.Module, blocks: list[int], data, train: TrainerConfig,
-             method: ProgressiveConfig) -> LambdaSchedule | None:
-    """Drop, or convert at λ = 0 (abrupt: 1) and calibrate the new BNs; the λ schedule (None: drop)."""
+             method: ProgressiveConfig) -> tuple[LambdaSchedule | None, LayerFold | None]:
+    """Drop, or convert at λ = 0 (abrupt: 1) and calibrate the new BNs.
+
+    Returns the λ schedule (None: drop) and, for Layer-Folding, its α's (which then replace the
+    schedule's λ until the end of its ramp).
+    """
     if method.drop:
         drop_blocks(student, blocks)
-        return None
+        return None, None
     apply_pruning(student, blocks, lam=1.0 if method.abrupt else 0.0, **method.block_options)
     loader = torch.utils.data.DataLoader(data.train, batch_size=train.batch_size, shuffle=True,
                                          generator=torch.Generator().manual_seed(train.seed))
     n = calibrate_bn(student, loader, which="pruned", max_batches=method.calib_batches)
     logger.info("calibrated the new BatchNorms on %d batches", n)
-    return LambdaSchedule(kind=method.schedule, ramp_fraction=0.0 if method.abrupt else method.ramp_fraction,
-                          steps=Trainer.count_steps(data, train))
+    schedule = LambdaSchedule(kind=method.schedule, ramp_fraction=0.0 if method.abrupt else method.ramp_fraction,
+                              steps=Trainer.count_steps(data, train))
+    folding = None
+    if method.method == "layerfold":
+        folding = LayerFold.attach(student, penalty=method.layerfold_penalty, fold_step=schedule.ramp_steps)
+    return schedule, folding
 
 
 def _final_plan(blocks: list[int], names: list[str], *, selection_rule: str, model_spec: dict,
@@ -147,6 +177,8 @@ def _final_plan(blocks: list[int], names: list[str], *, selection_rule: str, mod
     options = dict(method.block_options)
     if method.drop:
         options[DROP_OPTION] = True
+    if method.method == "layerfold":
+        options[LAYERFOLD_OPTION] = True
     return PrunePlan(model=model_spec["model"], input_size=tuple(model_spec["input_size"]), blocks=blocks,
                      block_names=names, lam=1.0, selection_rule=selection_rule,
                      model_kwargs=dict(model_spec.get("kwargs") or {}), num_classes=model_spec.get("num_classes"),
@@ -177,28 +209,35 @@ def train_progressive(student: nn.Module, data, blocks: list[int], *, selection_
     student.to(resolve_device(train.device))
     baseline = module_accuracy(student, data.val, batch_size=256)
     teacher = copy.deepcopy(student).eval() if method.kd else None
-    schedule = _convert(student, blocks, data, train, method)
+    schedule, folding = _convert(student, blocks, data, train, method)
     at_start = module_accuracy(student, data.val, batch_size=256)
     logger.info("val acc: baseline %.4f, after conversion %.4f", baseline["acc"], at_start["acc"])
     plan = _final_plan(blocks, names, selection_rule=selection_rule, model_spec=model_spec, method=method,
                        schedule=schedule, data=data, train=train, baseline_acc=baseline["acc"])
 
     def before_step(m: nn.Module, step: int, progress: float) -> None:
-        if schedule is not None:
+        if folding is not None:
+            folding.before_step(m, step)
+        elif schedule is not None:
             set_lam(m, schedule(step))
 
     cfg = dataclasses.replace(train, kd_alpha=method.kd_alpha if method.kd else 0.0,
                               kd_temperature=method.kd_temperature)
     trainer = Trainer(student, data, cfg, teacher=teacher, before_step=before_step, echo=echo,
                       checkpoint_extra=lambda: {"model_spec": model_spec, "plan": plan.to_dict(),
-                                                "prune": {"baseline": baseline, "at_start": at_start}})
+                                                "prune": {"baseline": baseline, "at_start": at_start}},
+                      # folded α's leave the forward: DDP must not wait for their gradients
+                      find_unused_parameters=folding is not None,
+                      extra_loss=folding.loss if folding is not None else None,
+                      lr_for=(lambda name: method.layerfold_alpha_lr if folding.owns(name) else None)
+                      if folding is not None else None)
     result = trainer.fit()
     if not method.drop:
         lams = {n: b.lam for n, b in pruned_blocks(student)}
         if any(v != 1.0 for v in lams.values()):
             # Only possible for a 1-step run; the schedule ends at 1 otherwise.
             logger.warning("lambda ended at %s, not 1: setting 1.0 and re-saving (the last step ran below 1)", lams)
-            set_lam(student, 1.0)
+            fold_alphas(student)
             trainer.save(trainer.history[-1] if trainer.history else {})
         if any(b.lam != 1.0 for _, b in pruned_blocks(student)):
             raise RuntimeError("pruned blocks must end at lambda = 1")

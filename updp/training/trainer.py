@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from updp.accuracy import module_accuracy
 from updp.blocks.convert import pruned_blocks
+from updp.blocks.modules import LambdaModule
 from updp.core.constants import AMP_MODES, DEFAULT_TORCH_DEVICE
 from updp.core.distributed import all_reduce_sums, init_process_group, launch_info
 from updp.core.errors import InputError
@@ -168,10 +169,15 @@ def _stderr_is_tty() -> bool:
 
 
 def _mean_lam(model: nn.Module) -> float | None:
+    """The mean blend weight of the pruned blocks' λ-modules: λ, or Layer-Folding's α's while they learn."""
     blocks = pruned_blocks(model)
     if not blocks:
         return None
-    return float(sum(b.lam for _, b in blocks) / len(blocks))
+    weights = [float(torch.as_tensor(m.blend_weight()).detach()) for _, b in blocks for m in b.modules()
+               if isinstance(m, LambdaModule)]
+    if not weights:
+        return float(sum(b.lam for _, b in blocks) / len(blocks))
+    return sum(weights) / len(weights)
 
 
 def state_hash(model: nn.Module) -> str:
@@ -205,12 +211,18 @@ class Trainer:
         find_unused_parameters: passed to `DistributedDataParallel` (supernets that skip modules).
         echo: receives one line per epoch when progress is on and stderr is not a terminal (where
             tqdm bars do not show); without it the line goes to the log.
+        extra_loss: a term added to each step's loss, `extra_loss(model)` (None: nothing), e.g.
+            Layer-Folding's penalty on its α's.
+        lr_for: a parameter's own peak learning rate by its name (None: `cfg.lr`); such parameters
+            form their own AdamW groups without weight decay.
     """
 
     def __init__(self, model: nn.Module, data, cfg: TrainerConfig, *, teacher: nn.Module | None = None,
                  before_step: Callable[[nn.Module, int, float], None] | None = None,
                  checkpoint_extra: Callable[[], dict] | None = None,
-                 find_unused_parameters: bool = False, echo: Callable[[str], None] | None = None) -> None:
+                 find_unused_parameters: bool = False, echo: Callable[[str], None] | None = None,
+                 extra_loss: Callable[[nn.Module], torch.Tensor | None] | None = None,
+                 lr_for: Callable[[str], float | None] | None = None) -> None:
         if cfg.kd_alpha > 0 and teacher is None:
             raise InputError("kd_alpha > 0 needs a teacher model")
         self.cfg = cfg
@@ -232,6 +244,7 @@ class Trainer:
         self.checkpoint_extra = checkpoint_extra
         self.find_unused_parameters = find_unused_parameters
         self.echo = echo
+        self.extra_loss = extra_loss
         self.criterion = DistillationLoss(cfg.kd_alpha if self.teacher is not None else 0.0, cfg.kd_temperature,
                                           cfg.label_smoothing)
 
@@ -246,7 +259,7 @@ class Trainer:
         self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
         self.total_steps = self.steps_per_epoch * cfg.epochs
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, lr_for), lr=cfg.lr)
         lr_lambda = WarmupCosine(self.total_steps, min(warmup, self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         self.epoch = 0   # epochs finished
@@ -389,6 +402,9 @@ class Trainer:
                 # The loss (log-softmax, KL) always in float32.
                 logits = logits.float()
                 loss = self.criterion(logits, y, None if t_logits is None else t_logits.float())
+                extra = self.extra_loss(self.model) if self.extra_loss is not None else None
+                if extra is not None:
+                    loss = loss + extra
                 self._stop_if_diverged(loss, epoch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()

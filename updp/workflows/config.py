@@ -34,6 +34,7 @@ from updp.core.constants import (
     DEFAULT_WARMUP,
     OPT_LEVELS,
     ORT_DEVICES,
+    PRUNE_METHODS,
     SPLITS,
 )
 from updp.core.errors import InputError
@@ -274,8 +275,12 @@ class PruneConfig(TrainingRunOptions):
     prune: int | None = option(None, help="N blocks by the default rule (as `updp export --prune`)", metavar="N")
     schedule: str = option("linear", choices=SCHEDULES, help="lambda ramp shape")
     ramp_fraction: float = option(0.5, help="fraction of the steps over which lambda goes 0 -> 1")
-    abrupt: bool = option(False, help="ablation: lambda = 1 from the first step (DepthShrinker)")
-    drop: bool = option(False, help="ablation: remove the blocks (identity-shortcut blocks only)")
+    method: str = option("updp", choices=PRUNE_METHODS,
+                         help="how the blocks become linear: updp (progressive lambda), abrupt (lambda = 1 at "
+                              "once, DepthShrinker-style), layerfold (learned slopes, Layer-Folding), drop (remove "
+                              "the blocks; identity-shortcut blocks only)")
+    layerfold_penalty: float = option(0.25, help="layerfold: weight of the penalty |1 - alpha^2| per alpha")
+    layerfold_alpha_lr: float = option(0.05, help="layerfold: peak learning rate of the alphas (own AdamW group)")
     kd: bool = option(True, help="ablation: no distillation from the baseline", flag="--no-kd")
     no_supernet: bool = option(False, help="ablation: take the blocks from --blocks/--prune without a supernet "
                                            "search (refuses --plan, which comes from the search)")
@@ -297,8 +302,7 @@ class PruneConfig(TrainingRunOptions):
             raise InputError("choose the blocks with exactly one of --plan, --blocks, --prune N")
         if self.no_supernet and self.plan is not None:
             raise InputError("--no-supernet takes the blocks from --blocks or --prune; --plan comes from the search")
-        if self.abrupt and self.drop:
-            raise InputError("--abrupt and --drop are different ablations: choose one")
+        _choice(self.method, PRUNE_METHODS, "--method")
         _choice(self.schedule, SCHEDULES, "--schedule")
         _check_training(self)
         _at_least(self.epochs, 1, "--epochs")

@@ -36,7 +36,7 @@ from updp.blocks.registry import (
 
 def _bn_act(block: PrunedBlock, bn: BatchNormAct2d, act: LambdaAct, x: torch.Tensor) -> torch.Tensor:
     """`BatchNormAct2d` with its activation replaced by the λ-blended one."""
-    if block.lam == 0.0:
+    if block.lam == 0.0 and not act.learning_alpha:
         return bn(x)  # the original module: bit-for-bit the baseline
     x = nn.BatchNorm2d.forward(bn, x)  # the BN part of BatchNormAct2d.forward, unchanged
     x = bn.drop(x)
