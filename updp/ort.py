@@ -10,7 +10,6 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import onnxruntime as ort
 
 from updp.core.constants import OPT_LEVELS
 from updp.core.errors import InputError, UnsupportedError
+from updp.core.io import scratch_dir
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def model_file(model: onnx.ModelProto | str | os.PathLike) -> Iterator[str]:
     if not isinstance(model, onnx.ModelProto):
         yield str(model)
         return
-    with tempfile.TemporaryDirectory(prefix="updp-model-") as tmp:
+    with scratch_dir("model") as tmp:
         path = Path(tmp) / "model.onnx"
         if is_large(model):
             save_external(model, path, "model.onnx.data")

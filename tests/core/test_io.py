@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from updp.core.errors import InputError
-from updp.core.io import atomic_path, check_outputs, write_text_atomic
+from updp.core.io import atomic_path, check_outputs, scratch_dir, write_text_atomic
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -130,3 +130,21 @@ def test_a_command_starting_on_a_folder_sweeps_what_killed_writers_left(tmp_path
     check_writable_dir(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["export", mine.name, lookalike.name])
     assert list(nested.iterdir()) == []
+
+
+def test_scratch_folders_of_killed_processes_are_removed_by_the_next_one(tmp_path, monkeypatch):
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    leftover = tmp_path / f"updp-{dead.stdout.strip()}-export-abc123"
+    (leftover / "model.onnx").parent.mkdir()
+    (leftover / "model.onnx").write_bytes(b"half")
+    live = tmp_path / f"updp-{os.getppid()}-lut-def456"  # a live process's: kept
+    live.mkdir()
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    with scratch_dir("model") as folder:
+        assert folder.parent == tmp_path and folder.name.startswith(f"updp-{os.getpid()}-model-")
+        assert not leftover.exists() and live.exists() and other.exists()
+        (folder / "x").write_text("scratch")
+    assert not folder.exists()

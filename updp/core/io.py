@@ -212,6 +212,30 @@ def _sweep(folder: Path, only: str | None = None) -> list[Path]:
     return removed
 
 
+# `updp-<pid>-<what>-<random>` in the system's temporary folder: scratch space of one process.
+_SCRATCH_NAME = re.compile(r"^updp-(?P<pid>\d+)-")
+
+
+@contextlib.contextmanager
+def scratch_dir(what: str) -> Iterator[Path]:
+    """A private folder in the system's temporary folder, removed on exit.
+
+    Its name carries the pid, so that the folders of processes killed before their cleanup (SIGKILL,
+    out of memory) are removed by the next updp process that asks for one.
+    """
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for entry in list(root.iterdir()):
+            match = _SCRATCH_NAME.match(entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match["pid"])):
+                shutil.rmtree(entry, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"updp-{os.getpid()}-{what}-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(text)

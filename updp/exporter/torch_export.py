@@ -34,7 +34,7 @@ import torch
 
 from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
-from updp.core.io import commit, finish_file, staged_dir, writing
+from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
 from updp.ort import is_large, model_file, save_external
 
@@ -82,7 +82,7 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
     model = model.eval().float().cpu()
     x = torch.randn(*input_shape)
     dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-    with tempfile.TemporaryDirectory(prefix="updp-export-") as tmp:
+    with scratch_dir("export") as tmp:
         path = os.path.join(tmp, "model.onnx")
         # nn.MultiheadAttention's inference fast path (`_native_multi_head_attention`) has no ONNX
         # symbolic; the regular path computes the same function and exports.

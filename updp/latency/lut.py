@@ -35,7 +35,6 @@ import copy
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -47,7 +46,7 @@ import torch
 from updp.blocks.discover import find_blocks, prunable_candidates
 from updp.core.constants import DEFAULT_OPSET, DEFAULT_THREADS
 from updp.core.errors import InputError
-from updp.core.io import write_text_atomic
+from updp.core.io import scratch_dir, write_text_atomic
 from updp.exporter.export import export_module
 from updp.exporter.scopes import OTHER, block_label, scopes_of
 from updp.latency.profile import median_block_us, profile_blocks_alternating
@@ -255,7 +254,7 @@ class LatencyLUT:
         if repeats is not None:
             setup = LatencySetup.from_dict({**setup.to_dict(), "repeats": int(repeats)})
         shape = tuple(self.input_shape)
-        with tempfile.TemporaryDirectory(prefix="updp_lutcheck_") as tmp:
+        with scratch_dir("lutcheck") as tmp:
             d = Path(workdir) if workdir else Path(tmp)
             base_path, sub_path = d / "lutcheck_base.onnx", d / "lutcheck_subnet.onnx"
             _export(module, shape, [], base_path, verify=False, label=self.model)
@@ -326,7 +325,7 @@ def build_lut(module: torch.nn.Module, input_shape: Sequence[int], *, candidates
     blocks = find_blocks(module)
     cand = prunable_candidates(blocks, candidates, what="latency table: block(s)")
     scopes = scopes_of((i, blocks[i].name) for i in cand)
-    with tempfile.TemporaryDirectory(prefix="updp_lut_") as tmp:
+    with scratch_dir("lut") as tmp:
         d = Path(workdir) if workdir else Path(tmp)
         base_path, all_path = d / "lut_base.onnx", d / "lut_all_pruned.onnx"
         _export(module, shape, [], base_path, verify=False, label=model_label)

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ import onnx
 
 from updp.core.constants import OPT_LEVELS
 from updp.core.errors import InputError
+from updp.core.io import scratch_dir
 from updp.exporter.scopes import BlockProfile, NodeTime, aggregate_by_block
 from updp.latency.runner import LatencySetup
 from updp.ort import make_session, random_inputs
@@ -114,7 +114,7 @@ def profile_nodes(model: onnx.ModelProto | str | os.PathLike, setup: LatencySetu
         raise InputError(f"unknown optimization level {level!r}; choose from {', '.join(OPT_LEVELS)}")
     if runs < 1:
         raise InputError(f"runs must be >= 1 (got {runs})")
-    with tempfile.TemporaryDirectory(prefix="updp_profile_") as tmp:
+    with scratch_dir("profile") as tmp:
         sess = make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers,
                             profile_prefix=str(Path(tmp) / "ort"), spinning=setup.spinning)
         try:
