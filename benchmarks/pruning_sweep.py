@@ -111,7 +111,8 @@ def run_one(name: str, base: Path, blocks: list[int], budget: int, method: str, 
     record = {"key": key, "model": name, "P": len(blocks), "blocks": blocks, "budget": budget, "method": method,
               "seed": seed, "baseline_acc": res.baseline["acc"], "at_start_acc": res.at_start["acc"],
               "final_acc": res.train.val_acc, "epochs_val_acc": [h["val_acc"] for h in res.train.history],
-              "epochs_lam": [h.get("lam") for h in res.train.history], "seconds": time.perf_counter() - t0,
+              "epochs_lam": [h.get("lam") for h in res.train.history], "method_stats": res.method_stats,
+              "seconds": time.perf_counter() - t0,
               "checkpoint": str(out)}
     write_text_atomic(cached, json.dumps(record, indent=1))
     print(f"[{record['seconds']:6.1f}s] {key}: {100 * record['final_acc']:.2f} % "

@@ -124,6 +124,8 @@ def test_a_layerfold_run_starts_at_the_baseline_learns_alphas_and_ends_folded(di
     assert res.at_start == res.baseline  # α = 0: the baseline function
     lams = [h["lam"] for h in res.train.history]
     assert 0.0 < lams[0] < 1.0 and lams[-1] == 1.0  # α's moved during the penalty phase, then forced
+    assert res.method_stats["alpha_mean_at_fold"] == pytest.approx(lams[0], abs=0.2)
+    assert "alphas' mean was" in res.format_summary()
     assert res.plan.block_options == {"layerfold_alphas": True} and "layerfold" in res.plan.notes
     ck = torch.load(tmp_path / "lf.pt", weights_only=True)
     alpha_keys = [k for k in ck["model"] if k.endswith(".alpha")]

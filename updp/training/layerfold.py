@@ -62,11 +62,13 @@ class LayerFold:
         alphas: the parameters (from `add_alphas`).
         penalty: λ_LF, the weight of `folding_penalty` in the loss.
         fold_step: the first step that runs in the folded (λ = 1) form.
+        mean_at_fold: the α's mean just before they were forced (None until this run folds them).
     """
 
     alphas: list[nn.Parameter]
     penalty: float
     fold_step: int
+    mean_at_fold: float | None = None  # how far the α's got on their own (None: not folded by this run)
 
     @classmethod
     def attach(cls, model: nn.Module, *, penalty: float, fold_step: int) -> LayerFold:
@@ -83,9 +85,10 @@ class LayerFold:
         resumed run folds at its first step past the fold)."""
         if step >= self.fold_step:
             if any(blk_lam != 1.0 for blk_lam in self._block_lams(model)):
+                self.mean_at_fold = self.mean_alpha()
                 n = fold_alphas(model)
-                logger.info("Layer-Folding: %d alphas forced to 1 at step %d (mean before: %.3f)", n, step,
-                            self.mean_alpha())
+                logger.info("Layer-Folding: %d alphas forced to 1 at step %d (their mean was %.3f)", n, step,
+                            self.mean_at_fold)
             return
         with torch.no_grad():
             for a in self.alphas:

@@ -120,17 +120,21 @@ class PruneResult:
         train: the training result (final val metrics, history, checkpoint path).
         baseline: val metrics of the baseline before pruning.
         at_start: val metrics right after conversion (and BN calibration), before training.
+        method_stats: what the method itself did (Layer-Folding: the α's mean when they were
+            forced to 1, None when a resumed run had folded them already).
     """
 
     plan: PrunePlan
     train: TrainResult
     baseline: dict
     at_start: dict
+    method_stats: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.to_dict(), "baseline": self.baseline, "at_start": self.at_start,
                 "final": {"acc": self.train.val_acc, "loss": self.train.val_loss},
-                "checkpoint": self.train.checkpoint, "seconds": self.train.seconds, "history": self.train.history}
+                "checkpoint": self.train.checkpoint, "seconds": self.train.seconds, "history": self.train.history,
+                "method_stats": self.method_stats}
 
     def format_summary(self) -> str:
         p = self.plan
@@ -140,6 +144,8 @@ class PruneResult:
             + ", ".join(f"{i} {n}" for i, n in zip(p.blocks, p.block_names)),
             f"  {p.notes}",
             f"  val acc: baseline {self.baseline['acc']:.4f}, after conversion {self.at_start['acc']:.4f}",
+            *([f"  layerfold: the alphas' mean was {self.method_stats['alpha_mean_at_fold']:.3f} when forced to 1"]
+              if self.method_stats.get("alpha_mean_at_fold") is not None else []),
             *format_history(self.train.history),
             f"  final val acc {self.train.val_acc:.4f} (lambda = 1) in {self.train.seconds:.1f} s",
             f"  next: updp export --checkpoint {self.train.checkpoint} --out pruned.onnx"])
@@ -241,4 +247,5 @@ def train_progressive(student: nn.Module, data, blocks: list[int], *, selection_
             trainer.save(trainer.history[-1] if trainer.history else {})
         if any(b.lam != 1.0 for _, b in pruned_blocks(student)):
             raise RuntimeError("pruned blocks must end at lambda = 1")
-    return PruneResult(plan=plan, train=result, baseline=baseline, at_start=at_start)
+    stats = {"alpha_mean_at_fold": folding.mean_at_fold} if folding is not None else {}
+    return PruneResult(plan=plan, train=result, baseline=baseline, at_start=at_start, method_stats=stats)
