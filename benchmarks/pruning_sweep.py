@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, save_json, setup_logging
+from _common import RESULTS, ROOT, save_json, setup_logging
 
 import updp
 from updp.core.io import write_text_atomic
@@ -69,10 +69,12 @@ DATA = "mnist5k"
 def baseline(name: str, work: Path) -> Path:
     cfg = MODELS[name]
     out = work / f"{name}_base.pt"
-    if not out.exists():
+    if not out.exists():  # trained under another name (resumable), renamed when finished
+        partial = work / f"{name}_base.partial.pt"
         t0 = time.perf_counter()
-        updp.train(cfg["model"], data=DATA, input_size=(32, 32), model_kwargs=dict(cfg["kwargs"]), out=str(out),
-                   progress=False, **cfg["train"])
+        updp.train(cfg["model"], data=DATA, input_size=(32, 32), model_kwargs=dict(cfg["kwargs"]), out=str(partial),
+                   progress=False, resume=True, **cfg["train"])
+        partial.replace(out)
         print(f"[{time.perf_counter() - t0:6.1f}s] baseline {name}", flush=True)
     return out
 
@@ -217,14 +219,16 @@ def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_a
             pool_text = f"{100 * pool['mean']:+.2f} ({_p(pool['p'])}, n={pool['n']})" if pool else ""
             lines.append(f"| {method} | " + " | ".join(row) + f" | {pool_text} |")
         lines.append("")
-        lines.append("Accuracy right after conversion, before any training (%, mean over seeds):\n")
-        lines.append("| method | " + " | ".join(f"P = {p}" for p in ps) + " |")
-        lines.append("|---|" + "---|" * len(ps))
-        for method in METHODS:
-            vals = [cells.get(f"e{b}_P{p}_{method}") for p in ps]
-            lines.append(f"| {method} | " + " | ".join(f"{100 * c['at_start'][0]:.2f}" if c else "" for c in vals)
-                         + " |")
-        lines.append("")
+        if b == budgets[0]:  # the conversion does not depend on the budget: once
+            lines.append("Accuracy right after conversion, before any training (%, mean over seeds; the same for "
+                         "every budget):\n")
+            lines.append("| method | " + " | ".join(f"P = {p}" for p in ps) + " |")
+            lines.append("|---|" + "---|" * len(ps))
+            for method in METHODS:
+                vals = [cells.get(f"e{b}_P{p}_{method}") for p in ps]
+                lines.append(f"| {method} | " + " | ".join(f"{100 * c['at_start'][0]:.2f}" if c else ""
+                                                           for c in vals) + " |")
+            lines.append("")
         if b > 1:
             lines.append("Val accuracy per epoch (%, mean over seeds):\n")
             lines.append("| method | " + " | ".join(f"P = {p}" for p in ps) + " |")
@@ -318,13 +322,16 @@ def main() -> None:
         if not args.no_latency:
             speed = speedups(name, base, records, ps, max(args.budgets), work, args.repeats)
             print(speed["table"])
+        else:  # keep the speedups an earlier (quiet) run measured
+            previous = RESULTS / f"pruning_sweep_{name}.json"
+            speed = json.loads(previous.read_text()).get("speed") if previous.exists() else None
         text = markdown(name, summary, args.budgets, ps, base_acc, speed)
         print(text)
         fig = figure(name, summary, args.budgets, ps, base_acc)
         path = save_json(f"pruning_sweep_{name}.json", {
             "model": MODELS[name], "blocks_ranked": ranking, "budgets": args.budgets, "P": ps, "seeds": args.seeds,
             "baseline_acc": base_acc, "summary": summary, "speed": speed, "records": records,
-            "minutes": (time.perf_counter() - t0) / 60})
+            "prune_minutes_total": sum(r["seconds"] for r in records) / 60})
         write_text_atomic(path.with_suffix(".md"), text + "\n")
         print(f"wrote {path}" + (f" and {fig}" if fig else ""))
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min")
