@@ -138,8 +138,10 @@ def test_every_run_section_key_reaches_the_workflow_config(section, tmp_path):
         new = _changed(value)
         if new == value or f.name in ("blocks", "checkpoint", "profile_runs", "profile_opt_level"):
             continue  # not a number or a switch, or a key the stage uses itself (tested in test_run.py)
+        # Layer-Folding's settings are refused with another method: change them with it.
+        depends = {"method": "layerfold"} if f.name.startswith("layerfold_") else {}
         try:
-            cfg = base.replace(**{section: {f.name: new}})
+            cfg = base.replace(**{section: {f.name: new, **depends}})
         except Exception as exc:  # a changed value outside the field's range: that is fine here
             pytest.fail(f"{section}.{f.name} = {new!r} refused: {exc}")
         built = builders[section](cfg, Path(tmp_path))

@@ -210,3 +210,11 @@ def test_the_split_seed_is_the_one_the_data_is_split_with(tmp_path, base, capsys
     assert report["baseline"]["acc"] == accs[3]
     api = prune(_cfg(base, tmp_path / "a.pt", blocks=[1], split_seed=3, max_steps_per_epoch=1))
     assert api.baseline["acc"] == accs[3]
+
+
+def test_layerfold_settings_are_refused_with_another_method(tmp_path, base):
+    with pytest.raises(InputError, match="--layerfold-penalty applies to --method layerfold only"):
+        _cfg(base, tmp_path / "x.pt", blocks=[1], layerfold_penalty=1.0)
+    with pytest.raises(InputError, match="--layerfold-alpha-lr applies to --method layerfold only"):
+        _cfg(base, tmp_path / "x.pt", blocks=[1], method="abrupt", layerfold_alpha_lr=0.1)
+    assert _cfg(base, tmp_path / "x.pt", blocks=[1], method="layerfold", layerfold_penalty=1.0).layerfold_penalty == 1.0
