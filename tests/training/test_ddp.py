@@ -75,3 +75,25 @@ def test_two_process_search_shards_scoring_and_agrees_with_one_process(tmp_path)
     assert one_res["baseline_holdout_acc"] == dist_res["baseline_holdout_acc"]
     assert [p["acc"] for p in one_res["random_picks"]] == [p["acc"] for p in dist_res["random_picks"]]
     assert [c["acc"] for c in one_res["top"]] == [c["acc"] for c in dist_res["top"]]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+def test_two_process_layerfold_folds_on_every_rank_together(tmp_path):
+    """Layer-Folding under DDP: the α's are parameters like any other until they are forced to 1,
+    then leave the forward (DDP must not wait for their gradients); the ranks stay identical."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    common = ["--data", "digits", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    train = subprocess.run([sys.executable, "-m", "updp", "-q", "train", "timm:convnext_atto", "--model-kwarg",
+                            "dims=[16,32,48,64]", "--epochs", "1", "--max-steps-per-epoch", "3", "--out",
+                            str(tmp_path / "base.pt"), *common], capture_output=True, text=True, timeout=180,
+                           env=env, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "updp", "-v", "prune", "--checkpoint",
+           str(tmp_path / "base.pt"), "--blocks", "1,3", "--method", "layerfold", "--epochs", "2",
+           "--max-steps-per-epoch", "4", "--out", str(tmp_path / "lf.pt"), *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("8 alphas forced to 1 at step 4") == 2  # each rank, at the same step
+    assert "weights identical on 2 ranks" in proc.stderr
+    ck = torch.load(tmp_path / "lf.pt", weights_only=True)
+    assert ck["world_size"] == 2 and all(v.item() == 1.0 for k, v in ck["model"].items() if k.endswith(".alpha"))
