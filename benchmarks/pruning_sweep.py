@@ -26,7 +26,9 @@ the accuracy right after conversion (before training); the accuracy per epoch; a
 of the merged UPDP model and of the dropped one at each P (ORT_ENABLE_ALL, 2 threads, interleaved).
 
 Every finished run is cached (`<work>/cache/*.json`), so a killed sweep resumes; `--report` only
-reads the cache. Figures go to `docs/figures/` (matplotlib, in the `report` extra).
+reads the cache. A work folder belongs to the recipes it was filled with (`<model>_recipe.json`):
+change a recipe in `MODELS` and the sweep refuses the old folder. Figures go to `docs/figures/`
+(matplotlib, in the `report` extra).
 
     .venv/bin/python benchmarks/pruning_sweep.py --models convnext_atto            # main grid
     .venv/bin/python benchmarks/pruning_sweep.py --models convnext_atto --budgets 1
@@ -66,8 +68,22 @@ METHODS = {"updp": {}, "updp_no_kd": {"kd": False}, "abrupt": {"method": "abrupt
 DATA = "mnist5k"
 
 
+def recipe_of(name: str) -> str:
+    return json.dumps(MODELS[name], sort_keys=True)
+
+
+def check_recipe(name: str, work: Path) -> None:
+    """Cached runs belong to the recipe they were trained with: refuse a work folder of another."""
+    path = work / f"{name}_recipe.json"
+    if path.exists() and path.read_text() != recipe_of(name):
+        raise SystemExit(f"{name}: its recipe changed since {work} was filled; delete {work}/{name}_* and "
+                         f"{work}/cache/{name}_* (or use another --work)")
+    write_text_atomic(path, recipe_of(name))
+
+
 def baseline(name: str, work: Path) -> Path:
     cfg = MODELS[name]
+    check_recipe(name, work)
     out = work / f"{name}_base.pt"
     if not out.exists():  # trained under another name (resumable), renamed when finished
         partial = work / f"{name}_base.partial.pt"
