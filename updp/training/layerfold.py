@@ -39,13 +39,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from updp.blocks.convert import add_alphas, fold_alphas, pruned_blocks
+from updp.blocks.convert import add_alphas, fold_alphas
+from updp.blocks.modules import LambdaModule
 from updp.core.errors import InputError
 
 logger = logging.getLogger(__name__)
-
-ALPHA_PARAMETER = "alpha"  # the name of Layer-Folding's parameters in the state dict
-
 
 def folding_penalty(alphas: Sequence[torch.Tensor]) -> torch.Tensor:
     """`Σ |1 − α²|`: zero exactly when every α is 1 (or −1, excluded by the clamp to [0, 1])."""
@@ -59,32 +57,46 @@ class LayerFold:
     """The α's of one run, their penalty and the step at which they are forced to 1.
 
     Attributes:
-        alphas: the parameters (from `add_alphas`).
+        modules: the λ-modules that carry an α (from `add_alphas`).
+        names: the α's parameter names in the model (their own optimizer group).
         penalty: λ_LF, the weight of `folding_penalty` in the loss.
         fold_step: the first step that runs in the folded (λ = 1) form.
         mean_at_fold: the α's mean just before they were forced (None until this run folds them).
     """
 
-    alphas: list[nn.Parameter]
+    modules: list[LambdaModule]
+    names: frozenset[str]
     penalty: float
     fold_step: int
-    mean_at_fold: float | None = None  # how far the α's got on their own (None: not folded by this run)
+    mean_at_fold: float | None = None
 
     @classmethod
     def attach(cls, model: nn.Module, *, penalty: float, fold_step: int) -> LayerFold:
         """Add α's to every λ-module of `model`'s pruned blocks (at their λ, 0 for a fresh run)."""
         if penalty < 0:
             raise InputError(f"--layerfold-penalty must be >= 0, got {penalty}")
-        alphas = add_alphas(model)
+        alphas = {id(a) for a in add_alphas(model)}
         if not alphas:
             raise InputError("Layer-Folding: the model has no pruned blocks to give an alpha")
-        return cls(alphas=alphas, penalty=penalty, fold_step=fold_step)
+        modules = [m for m in model.modules() if isinstance(m, LambdaModule) and id(m.alpha) in alphas]
+        names = frozenset(n for n, p in model.named_parameters() if id(p) in alphas)
+        return cls(modules=modules, names=names, penalty=penalty, fold_step=fold_step)
+
+    @property
+    def alphas(self) -> list[nn.Parameter]:
+        return [m.alpha for m in self.modules]
+
+    @property
+    def folded(self) -> bool:
+        """Whether the α's are forced: their blocks are at λ = 1 (set by `fold_alphas`, or by a
+        checkpoint written after the fold)."""
+        return not any(m.learning_alpha for m in self.modules)
 
     def before_step(self, model: nn.Module, step: int) -> None:
         """Clamp the α's to [0, 1]; from `fold_step` on, force them to 1 (idempotent, so that a
         resumed run folds at its first step past the fold)."""
         if step >= self.fold_step:
-            if any(blk_lam != 1.0 for blk_lam in self._block_lams(model)):
+            if not self.folded:
                 self.mean_at_fold = self.mean_alpha()
                 n = fold_alphas(model)
                 logger.info("Layer-Folding: %d alphas forced to 1 at step %d (their mean was %.3f)", n, step,
@@ -96,7 +108,7 @@ class LayerFold:
 
     def loss(self, model: nn.Module) -> torch.Tensor | None:
         """`λ_LF · Σ |1 − α²|` while the α's learn; None once they are folded (or λ_LF = 0)."""
-        if self.penalty == 0 or all(lam == 1.0 for lam in self._block_lams(model)):
+        if self.penalty == 0 or self.folded:
             return None
         return self.penalty * folding_penalty(self.alphas)
 
@@ -105,11 +117,7 @@ class LayerFold:
 
     def owns(self, name: str) -> bool:
         """Whether the parameter `name` (of `model.named_parameters()`) is one of the α's."""
-        return name.rsplit(".", 1)[-1] == ALPHA_PARAMETER
-
-    @staticmethod
-    def _block_lams(model: nn.Module) -> list[float]:
-        return [b.lam for _, b in pruned_blocks(model)]
+        return name in self.names
 
 
-__all__ = ["ALPHA_PARAMETER", "LayerFold", "folding_penalty"]
+__all__ = ["LayerFold", "folding_penalty"]
