@@ -415,11 +415,12 @@ class Trainer:
                 loss_sum += float(loss.detach()) * b
                 correct += float((logits.detach().argmax(1) == y).sum())
                 n += b
-                lam = _mean_lam(self.model)
-                post = {"loss": f"{loss_sum / n:.3f}", "acc": f"{correct / n:.3f}"}
-                if lam is not None:
-                    post["lam"] = f"{lam:.2f}"
-                bar.set_postfix(post, refresh=False)
+                if not bar.disable:  # the postfix walks the model: only for a bar that shows
+                    lam = _mean_lam(self.model)
+                    post = {"loss": f"{loss_sum / n:.3f}", "acc": f"{correct / n:.3f}"}
+                    if lam is not None:
+                        post["lam"] = f"{lam:.2f}"
+                    bar.set_postfix(post, refresh=False)
                 bar.update(1)
         finally:
             bar.close()
