@@ -115,10 +115,6 @@ def _blocks(value: Any, what: str) -> list[int] | None:
     return out
 
 
-def _default_of(config: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(config) if f.name == name)
-
-
 def _choice(value: Any, choices: tuple, what: str) -> None:
     if value not in choices:
         raise InputError(f"{what} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -309,7 +305,7 @@ class PruneConfig(TrainingRunOptions):
         _choice(self.method, PRUNE_METHODS, "--method")
         if self.method != "layerfold":
             for name in ("layerfold_penalty", "layerfold_alpha_lr"):
-                if getattr(self, name) != _default_of(type(self), name):
+                if getattr(self, name) != field_default(type(self), name):
                     raise InputError(f"--{name.replace('_', '-')} applies to --method layerfold only "
                                      f"(this run's method is {self.method})")
         _choice(self.schedule, SCHEDULES, "--schedule")
