@@ -101,17 +101,15 @@ def block_ranking(name: str, base: Path, work: Path) -> list[int]:
     if path.exists():
         return json.loads(path.read_text())
     from updp.blocks.discover import find_blocks
-    from updp.exporter.selection import estimate_block_savings
+    from updp.exporter.selection import estimate_block_savings, rank_by_saving
     from updp.workflows.resolve import load_baseline
 
     loaded = load_baseline(str(base), what="pruning")
     shape = (1, *loaded.spec["input_size"])
     blocks = find_blocks(loaded.module.eval(), shape)
     savings = estimate_block_savings(loaded.module, blocks, shape)
-    usable = [b.index for b in blocks if b.prunable and b.shortcut == "identity"]
-    top = max(abs(savings[i]) for i in usable)
-    quantum = max(top * 1e-3, 1e-9)
-    ranked = sorted(usable, key=lambda i: (round(savings[i] / quantum), i), reverse=True)
+    usable = {b.index for b in blocks if b.prunable and b.shortcut == "identity"}
+    ranked = rank_by_saving({i: s for i, s in savings.items() if i in usable})
     write_text_atomic(path, json.dumps(ranked))
     return ranked
 

@@ -52,6 +52,14 @@ def estimate_block_savings(module: torch.nn.Module, blocks, input_shape) -> dict
     return {i: before[i] - after[i] for i in before}
 
 
+def rank_by_saving(savings: dict[int, float]) -> list[int]:
+    """Block indices, largest estimated saving first; savings equal to 0.1 % of the largest go to
+    the later block (see the module docstring)."""
+    top = max(savings.values()) if savings else 0.0
+    quantum = max(abs(top) * 1e-3, 1e-9)
+    return sorted(savings, key=lambda i: (round(savings[i] / quantum), i), reverse=True)
+
+
 def select_blocks(module: torch.nn.Module, blocks, n: int, input_shape) -> tuple[list[int], str]:
     """Indices of the N blocks to prune by the default rule, and the rule's name."""
     prunable = [b for b in blocks if b.prunable]
@@ -60,9 +68,7 @@ def select_blocks(module: torch.nn.Module, blocks, n: int, input_shape) -> tuple
     if n > len(prunable):
         raise InputError(f"--prune {n}: the model has only {len(prunable)} prunable blocks")
     savings = estimate_block_savings(module, blocks, input_shape)
-    top = max(savings.values()) if savings else 0.0
-    quantum = max(abs(top) * 1e-3, 1e-9)
-    ranked = sorted(savings, key=lambda i: (round(savings[i] / quantum), i), reverse=True)
+    ranked = rank_by_saving(savings)
     chosen = sorted(ranked[:n])
     for i in ranked:
         logger.info("block %d: estimated saving %.1f us%s", i, savings[i] / 1e3, " (chosen)" if i in chosen else "")
