@@ -197,13 +197,23 @@ def sweep_stale_temps(folder: str | os.PathLike, *, recursive: bool = False) -> 
     return removed
 
 
-def _sweep(folder: Path, only: str | None = None) -> list[Path]:
-    removed = []
+def _left_by_dead(folder: Path, pattern: re.Pattern) -> list[tuple[Path, re.Match]]:
+    """The entries of `folder` named by `pattern` (with a `pid` group) whose process is gone."""
+    found = []
     with contextlib.suppress(OSError):
         for entry in list(folder.iterdir()):
-            match = _TEMP_NAME.match(entry.name)
-            if match is None or (only is not None and match["name"] != only) or _alive(int(match["pid"])):
-                continue
+            match = pattern.match(entry.name)
+            if match is not None and not _alive(int(match["pid"])):
+                found.append((entry, match))
+    return found
+
+
+def _sweep(folder: Path, only: str | None = None) -> list[Path]:
+    removed = []
+    for entry, match in _left_by_dead(folder, _TEMP_NAME):
+        if only is not None and match["name"] != only:
+            continue
+        with contextlib.suppress(OSError):
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
@@ -223,12 +233,9 @@ def scratch_dir(what: str) -> Iterator[Path]:
     Its name carries the pid, so that the folders of processes killed before their cleanup (SIGKILL,
     out of memory) are removed by the next updp process that asks for one.
     """
-    root = Path(tempfile.gettempdir())
-    with contextlib.suppress(OSError):
-        for entry in list(root.iterdir()):
-            match = _SCRATCH_NAME.match(entry.name)
-            if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match["pid"])):
-                shutil.rmtree(entry, ignore_errors=True)
+    for entry, _ in _left_by_dead(Path(tempfile.gettempdir()), _SCRATCH_NAME):
+        if entry.is_dir() and not entry.is_symlink():  # folders only: the temp folder is shared
+            shutil.rmtree(entry, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"updp-{os.getpid()}-{what}-"))
     try:
         yield folder
