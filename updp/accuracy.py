@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from updp.core.distributed import all_reduce_sums, group_info
 from updp.core.errors import InputError
+from updp.models.memory_format import fast_memory_format
 from updp.ort import load_onnx, make_session
 
 
@@ -49,14 +50,15 @@ def module_accuracy(model: nn.Module, dataset_or_loader: Dataset | DataLoader, *
     correct = loss_sum = 0.0
     n = 0
     try:
-        for x, y in loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            logits = model(x)
-            if isinstance(logits, (tuple, list)):
-                logits = logits[0]
-            loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
-            correct += float((logits.argmax(dim=1) == y).sum())
-            n += int(y.numel())
+        with fast_memory_format(model):
+            for x, y in loader:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                logits = model(x)
+                if isinstance(logits, (tuple, list)):
+                    logits = logits[0]
+                loss_sum += float(nn.functional.cross_entropy(logits.float(), y, reduction="sum"))
+                correct += float((logits.argmax(dim=1) == y).sum())
+                n += int(y.numel())
     finally:
         model.train(was_training)
     if not isinstance(dataset_or_loader, DataLoader):

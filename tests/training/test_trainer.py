@@ -124,6 +124,9 @@ def test_checkpoint_contents_are_weights_only_loadable(tmp_path, digits):
         assert key in ck, key
     assert ck["config"]["kd_alpha"] == 0.5 and ck["model_spec"]["model"] == "timm:convnext_atto"
     assert set(ck["rng"]) == {"torch", "numpy", "python"}
+    # Trained channels-last (the model has convolutions), saved and handed back contiguous.
+    assert all(v.is_contiguous() for v in ck["model"].values() if isinstance(v, torch.Tensor))
+    assert all(p.is_contiguous() for p in m.parameters())
     lam_keys = [k for k in ck["model"] if k.endswith("_extra_state")]
     assert lam_keys and all(float(ck["model"][k]) == 1.0 for k in lam_keys)  # λ lives in the state dict
     lines = [json.loads(x) for x in log.read_text().splitlines()]

@@ -22,6 +22,7 @@ from updp.blocks.discover import BlockInfo, recognized_blocks
 from updp.blocks.modules import ChannelBatchNorm, LambdaModule, check_lam
 from updp.blocks.registry import PrunedBlock, get_handler
 from updp.core.errors import InputError, UnsupportedError
+from updp.models.memory_format import fast_memory_format
 
 logger = logging.getLogger(__name__)
 
@@ -240,12 +241,13 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, which: str = "prun
             bn.momentum = None
             bn.train()
         p = next(model.parameters())
-        for batch in batches:
-            if max_batches is not None and n >= max_batches:
-                break
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x.to(device=p.device, dtype=p.dtype))
-            n += 1
+        with fast_memory_format(model):
+            for batch in batches:
+                if max_batches is not None and n >= max_batches:
+                    break
+                x = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(x.to(device=p.device, dtype=p.dtype))
+                n += 1
     finally:
         for m, t in modes.items():
             m.training = t

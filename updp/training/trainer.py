@@ -63,6 +63,7 @@ from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
 from updp.core.seeding import mix_seed, rng_state, seed_everything, set_rng_state
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
+from updp.models.memory_format import fast_memory_format
 from updp.training.device import fast_cpu_math, resolve_device
 from updp.training.distill import DistillationLoss
 from updp.training.lr_schedule import WarmupCosine, param_groups
@@ -259,7 +260,10 @@ class Trainer:
         self.steps_per_epoch = min(n, cfg.max_steps_per_epoch) if cfg.max_steps_per_epoch else n
         self.total_steps = self.steps_per_epoch * cfg.epochs
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, lr_for), lr=cfg.lr)
+        # The fused AdamW kernel: one pass over all parameters per step instead of a few dozen
+        # small ops per tensor (4-7 % of a ConvNeXt-atto step at 32×32 on 2 cores); the same update.
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay, lr_for), lr=cfg.lr,
+                                           fused=self.device.type in ("cpu", "cuda"))
         lr_lambda = WarmupCosine(self.total_steps, min(warmup, self.total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
         self.epoch = 0   # epochs finished
@@ -296,7 +300,9 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "epoch": self.epoch, "step": self.step, "rng": rng_state(), "config": asdict(self.cfg),
                  "metrics": metrics, "history": self.history, "world_size": self.world}
-        write_checkpoint(self.cfg.out, self.model.state_dict(), **{**state, **extra})
+        # Contiguous copies: the model may be channels-last while it trains (`fast_memory_format`).
+        weights = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in self.model.state_dict().items()}
+        write_checkpoint(self.cfg.out, weights, **{**state, **extra})
         logger.info("checkpoint %s (epoch %d, step %d)", self.cfg.out, self.epoch, self.step)
 
     def _try_resume(self) -> None:
@@ -481,6 +487,20 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self._try_resume()
+        with fast_memory_format(self.model, self.teacher):
+            last = self._fit_epochs()
+        if last is None:  # nothing to do (already finished) and no history: evaluate once
+            ev = module_accuracy(self.model, self.data.val, device=self.device)
+            last = {"val_acc": ev["acc"], "val_loss": ev["loss"]}
+        if self.distributed:
+            self._check_ranks_agree()
+        return TrainResult(val_acc=float(last["val_acc"]), val_loss=float(last["val_loss"]),
+                           history=list(self.history), checkpoint=cfg.out if cfg.out else None,
+                           seconds=time.perf_counter() - t_start)
+
+    def _fit_epochs(self) -> dict | None:
+        """The epoch loop of `fit` (the model channels-last where that is faster); the last record."""
+        cfg = self.cfg
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.model, device_ids=ids,
@@ -500,12 +520,5 @@ class Trainer:
             self.save(last)
             if self.is_main:
                 self._report_epoch(last)
-        if last is None:  # nothing to do (already finished) and no history: evaluate once
-            ev = module_accuracy(self.model, self.data.val, device=self.device)
-            last = {"val_acc": ev["acc"], "val_loss": ev["loss"]}
-        if self.distributed:
-            self._check_ranks_agree()
-        return TrainResult(val_acc=float(last["val_acc"]), val_loss=float(last["val_loss"]),
-                           history=list(self.history), checkpoint=cfg.out if cfg.out else None,
-                           seconds=time.perf_counter() - t_start)
+        return last
 
