@@ -11,6 +11,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
+from updp.core.runtime import limit_openmp_spinning  # noqa: E402
+
+limit_openmp_spinning()  # before a benchmark imports torch
+
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -24,6 +24,7 @@ from typing import Any
 
 from updp.core.constants import AMP_MODES
 from updp.core.errors import InputError, UpdpError
+from updp.core.runtime import limit_openmp_spinning
 from updp.core.version import __version__
 from updp.pipeline.config import STAGE_NAMES, RunConfig, demo_config
 from updp.workflows.config import (
@@ -497,6 +498,7 @@ def _configure_logging(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    limit_openmp_spinning()  # before any command imports torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
