@@ -60,8 +60,11 @@ MODELS = {
                      "train": {"epochs": 30, "batch_size": 64, "lr": 5e-4, "warmup_epochs": 2, "amp": "bf16"},
                      "prune": {"batch_size": 64, "lr": 2.5e-4, "amp": "bf16"}},
     "resnet18": {"model": "timm:resnet18", "kwargs": {}, "P": [2, 4], "train": {"epochs": 10}, "prune": {}},
-    "mobilenetv2_100": {"model": "timm:mobilenetv2_100", "kwargs": {}, "P": [2, 4], "train": {"epochs": 10},
-                        "prune": {}},
+    # MobileNetV2 learns slowly from scratch at 32×32: 10 epochs at lr 2e-3 reached 29-35 %, 6 at
+    # 1e-2 65 %, 10 at 3e-2 51 %; 30 epochs at 1e-2 reach 95.3 %. Pruning at half the peak lr,
+    # as for the other models.
+    "mobilenetv2_100": {"model": "timm:mobilenetv2_100", "kwargs": {}, "P": [2, 4], "train": {"epochs": 30, "lr": 1e-2},
+                        "prune": {"lr": 5e-3}},
 }
 METHODS = {"updp": {}, "updp_no_kd": {"kd": False}, "abrupt": {"method": "abrupt"},
            "layerfold": {"method": "layerfold"}, "drop": {"method": "drop"}}
