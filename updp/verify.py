@@ -111,6 +111,7 @@ class _Tally:
     per: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     tolerances: dict[str, list[float]] = field(default_factory=dict)
+    precision: str | None = None  # compare every float output with this dtype's tolerance
 
 
 def _is_float(a: np.ndarray) -> bool:
@@ -125,7 +126,7 @@ def _is_float(a: np.ndarray) -> bool:
 
 
 def _compare_floats(name: str, r: np.ndarray, o: np.ndarray, t: _Tally) -> None:
-    rtol, atol = tolerance_for(r.dtype)
+    rtol, atol = TOLERANCES[t.precision] if t.precision else tolerance_for(r.dtype)
     t.tolerances[name] = [rtol, atol]
     r64, o64 = r.astype(np.float64), o.astype(np.float64)
     fr, fo = np.isfinite(r64), np.isfinite(o64)
@@ -166,7 +167,7 @@ def _compare(name: str, r: Any, o: Any, t: _Tally) -> None:
     r, o = np.asarray(r), np.asarray(o)
     if r.shape != o.shape:
         t.failures.append(f"output {name!r}: shape {r.shape} in the reference, {o.shape} optimized")
-    elif r.dtype != o.dtype:
+    elif r.dtype != o.dtype and not (t.precision and _is_float(r) and _is_float(o)):
         t.failures.append(f"output {name!r}: dtype {r.dtype} in the reference, {o.dtype} optimized")
     elif _is_float(r):
         _compare_floats(name, r, o, t)
@@ -180,15 +181,20 @@ def _len(x: Any) -> str:
     return str(len(x)) if isinstance(x, (list, tuple)) else type(x).__name__
 
 
-def compare_outputs(ref: list, out: list, names: list[str], random: frozenset[str] = frozenset()) -> EquivalenceReport:
+def compare_outputs(ref: list, out: list, names: list[str], random: frozenset[str] = frozenset(),
+                    precision: str | None = None) -> EquivalenceReport:
     """Compare two lists of outputs (arrays, sequences, optionals, maps) with the module's criteria.
 
     Outputs named in `random` (they differ between two runs of the reference itself: a random
-    op upstream) are compared by shape and dtype only.
+    op upstream) are compared by shape and dtype only. `precision` (a key of `TOLERANCES`): every
+    float output is compared with that dtype's tolerance, whatever its own dtype, and float outputs
+    of different dtypes are compared (in float64) instead of failing.
     """
+    if precision is not None and precision not in TOLERANCES:
+        raise ValueError(f"precision must be one of {sorted(TOLERANCES)}, got {precision!r}")
     if len(ref) != len(out):
         raise VerificationError(f"output count differs: reference {len(ref)}, optimized {len(out)}")
-    t = _Tally()
+    t = _Tally(precision=precision)
     for name, r, o in zip(names, ref, out):
         if name in random:
             r, o = np.asarray(r), np.asarray(o)
@@ -280,6 +286,18 @@ def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime:
                             "no output was written")
 
 
+def _cast_to_inputs(model: onnx.ModelProto | str | Path, feeds: list[dict]) -> list[dict]:
+    """The feeds with each float array cast to the float dtype of the model's input of that name."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    wanted = {vi.name: onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+              for vi in proto.graph.input if vi.type.HasField("tensor_type")}
+    out = []
+    for feed in feeds:
+        out.append({k: v.astype(wanted[k]) if isinstance(v, np.ndarray) and _is_float(v) and k in wanted
+                    and np.issubdtype(wanted[k], np.floating) else v for k, v in feed.items()})
+    return out
+
+
 RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli", "Multinomial")
 
 
@@ -308,7 +326,7 @@ def _random_outputs(reference, ref: _Runner, feeds: dict, first: list) -> frozen
 def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.ModelProto | str | Path, *,
                       trials: int = 3, batch: int = 1, feeds: list[dict] | None = None,
                       raise_on_failure: bool = True, same_runtime: bool = True,
-                      what: str = "the optimized model") -> EquivalenceReport:
+                      what: str = "the optimized model", precision: str | None = None) -> EquivalenceReport:
     """Run both models in ORT on the same inputs and compare every output.
 
     Args:
@@ -324,6 +342,10 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
             checked with); False lets each run on the first runtime that runs it, for comparing
             models of different opsets, which ONNX Runtime may run one of only.
         what: how messages name the candidate.
+        precision: the float dtype the candidate computes in when it is narrower than the
+            reference's (a float16 conversion of a float32 model): the candidate gets each float
+            input in its own input dtype, and every float output is compared with this dtype's
+            tolerance (`compare_outputs`).
 
     Raises:
         UnsupportedError: valid inputs cannot be generated, or neither ONNX Runtime nor onnx's
@@ -339,13 +361,15 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
     if not feeds:
         raise VerificationError("no inputs to compare with")
     ref, ref_outputs = _reference_runner(reference, feeds)
-    cand_runtime, cand_outputs = _candidate_outputs(candidate, ref, feeds, same_runtime, what)
+    cand_feeds = _cast_to_inputs(candidate, feeds) if precision else feeds
+    cand_runtime, cand_outputs = _candidate_outputs(candidate, ref, cand_feeds, same_runtime, what)
     cand_names = [o.name for o in (candidate if isinstance(candidate, onnx.ModelProto) else
                                    onnx.load(str(candidate), load_external_data=False)).graph.output]
     if ref.names != cand_names:
         raise VerificationError(f"output names differ: reference {ref.names}, optimized {cand_names}")
     random = _random_outputs(reference, ref, feeds[0], ref_outputs[0])
-    reports = [compare_outputs(expected, got, ref.names, random) for expected, got in zip(ref_outputs, cand_outputs)]
+    reports = [compare_outputs(expected, got, ref.names, random, precision)
+               for expected, got in zip(ref_outputs, cand_outputs)]
     worst = max(reports, key=lambda r: (not r.passed, r.rel_diff))
     worst.trials = len(feeds)
     worst.passed = all(r.passed for r in reports)
