@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 
-from _common import RESULTS, save_json, setup_logging
+from _common import ROOT, save_json, setup_logging
 
 import updp
 from updp.exporter.quantize import RANDOM_CALIBRATION, QuantizeSettings, quantize_int8
@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     ap.add_argument("--repeats", type=int, default=60, help="interleaved rounds")
-    ap.add_argument("--work", default=os.path.join(RESULTS, "..", "..", "runs", "quantized"))
+    ap.add_argument("--work", default=str(ROOT / "runs" / "quantized"))
     args = ap.parse_args()
     setup_logging()
     os.makedirs(args.work, exist_ok=True)

@@ -42,6 +42,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from updp.core.errors import InputError, UnsupportedError
 from updp.core.io import scratch_dir
+from updp.feeds import graph_inputs
 from updp.ort import first_line, make_session, model_file
 
 # How activation ranges are chosen from the calibration inputs (ORT's CalibrationMethod members).
@@ -97,20 +98,21 @@ class _FeedReader:
     """ORT's CalibrationDataReader protocol over a list of input dicts."""
 
     def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
-        self._it = iter(list(feeds))
+        self._feeds = list(feeds)
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
 
-    def rewind(self) -> None:  # not needed by quantize_static; part of the protocol
-        raise NotImplementedError
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
 
 
 def _float_inputs_only(model: onnx.ModelProto) -> None:
-    for vi in model.graph.input:
-        if vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-            raise UnsupportedError(f"int8 quantization needs float32 inputs; input {vi.name!r} is "
-                                   f"{onnx.TensorProto.DataType.Name(vi.type.tensor_type.elem_type)}")
+    for slot in graph_inputs(model):
+        if slot.kind != "tensor" or slot.elem_type != onnx.TensorProto.FLOAT:
+            what = onnx.TensorProto.DataType.Name(slot.elem_type) if slot.kind == "tensor" else f"a {slot.kind}"
+            raise UnsupportedError(f"int8 quantization needs float32 inputs; input {slot.name!r} is {what}")
 
 
 def quantize_int8(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], settings: QuantizeSettings, *,
@@ -229,11 +231,11 @@ def calibration_feeds_from_data(model: onnx.ModelProto, dataset, *, images: int 
                                 ) -> list[dict[str, np.ndarray]]:
     """Calibration inputs from a data split (`updp.data`): `images` of them, drawn once with `seed`,
     in batches of the model's static batch (or 1 for a symbolic one)."""
-    inputs = [vi for vi in model.graph.input if vi.name not in {i.name for i in model.graph.initializer}]
+    inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise UnsupportedError(f"calibration from --data needs a model with one image input; it has {len(inputs)}")
-    dim0 = inputs[0].type.tensor_type.shape.dim[0]
-    batch = dim0.dim_value if dim0.HasField("dim_value") and dim0.dim_value > 0 else 1
+    dim0 = inputs[0].shape[0] if inputs[0].shape else None
+    batch = dim0 if isinstance(dim0, int) and dim0 > 0 else 1
     n = min(images, len(dataset))
     if n < batch:
         raise InputError(f"calibration needs at least one batch of {batch} images; the split has {len(dataset)}")
