@@ -97,6 +97,8 @@ def onnx_accuracy(model: str | onnx.ModelProto, dataset: Dataset, *, batch_size:
     out_shape = sess.get_outputs()[0].shape
     if num_classes is not None and isinstance(out_shape[-1], int) and out_shape[-1] != num_classes:
         raise InputError(f"{where} predicts {out_shape[-1]} classes, the data has {num_classes}")
+    # A float16 file with float16 inputs (`updp export --fp16`) gets the images in its own dtype.
+    in_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
     static = isinstance(shape[0], int)
     chunk = int(shape[0]) if static else batch_size
     loader = DataLoader(dataset, batch_size=chunk, shuffle=False, num_workers=0)
@@ -104,9 +106,9 @@ def onnx_accuracy(model: str | onnx.ModelProto, dataset: Dataset, *, batch_size:
     n = 0
     for x, y in loader:
         b = len(y)
-        xn = x.numpy().astype(np.float32)
+        xn = x.numpy().astype(in_dtype)
         if static and b < chunk:
-            xn = np.concatenate([xn, np.zeros((chunk - b, *xn.shape[1:]), np.float32)])
+            xn = np.concatenate([xn, np.zeros((chunk - b, *xn.shape[1:]), in_dtype)])
         logits = torch.from_numpy(np.asarray(sess.run(None, {inp.name: xn})[0])[:b]).float()
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         correct += float((logits.argmax(1) == y).sum())

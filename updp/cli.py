@@ -104,7 +104,10 @@ def _default_note(default: Any) -> str:
     if default is None or default is dataclasses.MISSING or isinstance(default, (bool, dict)) or default == []:
         return ""
     if isinstance(default, (list, tuple)):
-        shown = "x".join(map(str, default)) if isinstance(default, tuple) else " ".join(map(str, default))
+        if isinstance(default, tuple):  # an input size (224x160), or names (LayerNormalization,Softmax)
+            shown = ("x" if all(isinstance(v, int) for v in default) else ",").join(map(str, default))
+        else:
+            shown = " ".join(map(str, default))
     else:
         shown = str(default)
     return f" (default {shown})"

@@ -62,9 +62,17 @@ class ExportResult:
     seconds: float
     decisions: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
+    # Files made from this one (int8, float16: `updp.workflows.precision.DerivedFile`), each with
+    # its own `to_dict` and `format_summary`.
+    derived: list = field(default_factory=list)
+    # The written (or, with out=None, to be written) model; not part of the JSON result.
+    onnx_model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = {k: v for k, v in vars(self).items() if k not in ("onnx_model", "derived")}
+        d = asdict(type(self)(**d))
+        d["derived"] = [f.to_dict() for f in self.derived]
+        return d
 
     def format_summary(self) -> str:
         lines = [f"wrote {self.out}",
@@ -84,6 +92,7 @@ class ExportResult:
             lines += [f"    {d}" for d in self.decisions[:12]]
             if len(self.decisions) > 12:
                 lines.append(f"    ... {len(self.decisions) - 12} more (see --json)")
+        lines += [f.format_summary() for f in self.derived]
         lines.append(f"  done in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -157,7 +166,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         nodes_after=len(result_model.graph.node), ops_before=op_counts(reference),
         ops_after=op_counts(result_model), max_abs_diff=max_diff, rel_diff=rel,
         torch_max_abs_diff=torch_diff, verified=bool(verify), seconds=time.perf_counter() - t0,
-        decisions=decisions, refusals=refusals)
+        decisions=decisions, refusals=refusals, onnx_model=result_model)
 
 
 def torch_parity(module: torch.nn.Module, reference: onnx.ModelProto, input_shape: tuple[int, ...]) -> float:

@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from onnx import version_converter
 
 from updp.core.errors import InputError, UnsupportedError, VerificationError
 from updp.exporter.export import op_counts
-from updp.exporter.torch_export import full_check, simplify, staged_model
+from updp.exporter.torch_export import full_check, save_model, simplify, staged_model
 from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import infer_types, optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
@@ -106,9 +107,13 @@ class OptimizedFile:
     conversion: str | None = None
     inputs: str = "generated"
     notes: list[str] = field(default_factory=list)
+    # int8 / float16 files made from this one (`updp.workflows.precision.DerivedFile`)
+    derived: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(type(self)(**{k: v for k, v in vars(self).items() if k != "derived"}))
+        d["derived"] = [f.to_dict() for f in self.derived]
+        return d
 
     def format_summary(self) -> str:
         lines = [f"wrote {self.out}", f"  nodes {self.nodes_before} -> {self.nodes_after}"]
@@ -129,6 +134,7 @@ class OptimizedFile:
         lines += [f"  note: {n}" for n in self.notes]
         if self.refusals:
             lines.append(f"  {len(self.refusals)} rewrites refused (see --json or -v for reasons)")
+        lines += [f.format_summary() for f in self.derived]
         lines.append(f"  done in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -215,7 +221,8 @@ def _check_conversion(original: onnx.ModelProto, converted: onnx.ModelProto, fee
 
 
 def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: bool, fold_layernorm_affine: bool,
-                  inputs: str | Path | None = None, feeds: list[dict] | None = None) -> OptimizedFile:
+                  inputs: str | Path | None = None, feeds: list[dict] | None = None,
+                  derive: Callable[[onnx.ModelProto], list] | None = None) -> OptimizedFile:
     """Optimize any ONNX file (see the module docstring) and write it atomically.
 
     Args:
@@ -226,6 +233,8 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         fold_layernorm_affine: also fold LayerNorm affines into the next linear.
         inputs: the user's inputs for the check: an .npz, or a folder of onnx test-data .pb files.
         feeds: the same as input dicts (the Python API); `inputs` and `feeds` exclude each other.
+        derive: makes further files from the checked result (int8, float16), before anything is
+            written: `derive(model) -> [(item with .out, model)]`; they are written after `out`.
 
     Raises:
         InputError: a missing, malformed or invalid file, or inputs that do not fit it.
@@ -262,8 +271,22 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         if verify:
             rep = check_equivalence(reference, staged, feeds=feeds)
             summary.max_abs_diff, summary.rel_diff = rep.max_abs_diff, rep.rel_diff
+        made = _derived(staged, derive)
+    for item, model in made:
+        save_model(model, item.out)
+        summary.derived.append(item)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _derived(staged: Path, derive: Callable[[onnx.ModelProto], list] | None) -> list:
+    if derive is None:
+        return []
+    model = onnx.load(str(staged), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise UnsupportedError("int8 and float16 files of a model over 2 GB are not supported: optimize it "
+                               "without --quantize/--fp16")
+    return derive(model)
 
 
 def _rewrite(work: onnx.ModelProto, summary: OptimizedFile, *, polish: bool, fold_layernorm_affine: bool,

@@ -313,9 +313,85 @@ class PruneConfig(TrainingRunOptions):
         _at_least(self.epochs, 1, "--epochs")
 
 
-@dataclass
-class ExportConfig:
-    """`updp export`: export to ONNX, merge the pruned blocks, verify, write."""
+QUANTIZE_FORMATS = ("int8",)
+CALIB_SOURCES = ("data", "random")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+# Operators kept in float by default in an int8 file, for all four families: LayerNormalization (a
+# ViT's and ConvNeXt's; it divides by a per-token deviation that 8 bits represent badly) and Softmax
+# (attention probabilities span orders of magnitude). The CNN families have neither, so nothing of
+# theirs is kept.
+DEFAULT_KEEP_FLOAT = ("LayerNormalization", "Softmax")
+# The largest val-accuracy drop (points) an int8 file may show against its float file before the
+# export refuses to write it.
+DEFAULT_MAX_ACCURACY_DROP = 1.0
+
+
+def _keep_float(value: Any) -> tuple[str, ...]:
+    """`--keep-float LayerNormalization,Softmax` (or a list); `none` keeps nothing in float."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    items = [str(v).strip() for v in items if str(v).strip()]
+    if [v.lower() for v in items] == ["none"]:
+        return ()
+    for v in items:
+        if not v.isidentifier():
+            raise InputError(f"--keep-float expects ONNX operator types (e.g. Softmax,LayerNormalization), got {v!r}")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(kw_only=True)
+class PrecisionOptions:
+    """The int8 and float16 files an export (or optimize) writes beside its float32 file.
+
+    `--quantize int8` writes `OUT` with `.int8.onnx` for `.onnx`, `--fp16` one with `.fp16.onnx`;
+    the float32 file is written too, since it is what the int8 file's accuracy is measured against.
+    """
+
+    quantize: str | None = option(None, choices=QUANTIZE_FORMATS,
+                                  help="also write OUT.int8.onnx: ONNX Runtime static QDQ quantization (int8 "
+                                       "weights per channel, uint8 activations), calibrated on --data's train split")
+    data: str | None = option(None, help="calibration images (train split) and the accuracy check (val split) of the "
+                                         "int8/fp16 files: " + DATA_HELP, metavar="SPEC")
+    split_seed: int = option(0, help="seed of the train/holdout/val split of --data")
+    calib: str = option("data", choices=CALIB_SOURCES,
+                        help="calibration inputs: the train split of --data, or random inputs (latency what-ifs "
+                             "only: recorded as such in the file, its accuracy means nothing)")
+    calib_method: str = option("minmax", choices=CALIB_METHODS, help="how activation ranges are chosen")
+    calib_images: int = option(256, help="calibration images drawn from the train split")
+    per_channel: bool = option(True, help="int8 weights per tensor instead of per output channel",
+                               flag="--per-tensor")
+    keep_float: tuple[str, ...] = option(DEFAULT_KEEP_FLOAT, metavar="OP,OP|none",
+                                         help="operator types left in float in the int8 file")
+    max_accuracy_drop: float = option(DEFAULT_MAX_ACCURACY_DROP, metavar="POINTS",
+                                      help="refuse (exit 4, nothing written) an int8 file whose val accuracy is more "
+                                           "than this many points below the float file's (with --data)")
+    fp16: bool = option(False, help="also write OUT.fp16.onnx: float16 weights and compute (onnxconverter-common), "
+                                    "verified against the float32 file with float16's tolerance")
+    fp16_keep_io: bool = option(False, help="the fp16 file keeps float32 inputs and outputs (casts at the edges)")
+
+    def __post_init__(self) -> None:
+        _choice(self.calib, CALIB_SOURCES, "--calib")
+        _choice(self.calib_method, CALIB_METHODS, "--calib-method")
+        if self.quantize is not None:
+            _choice(self.quantize, QUANTIZE_FORMATS, "--quantize")
+        self.keep_float = _keep_float(self.keep_float)
+        _at_least(self.calib_images, 1, "--calib-images")
+        _at_least(self.max_accuracy_drop, 0, "--max-accuracy-drop")
+        if self.fp16_keep_io and not self.fp16:
+            raise InputError("--fp16-keep-io applies to --fp16 only")
+        if self.quantize is None and self.calib != "data":
+            raise InputError("--calib applies to --quantize int8 only")
+        if self.quantize is not None and self.calib == "data" and not self.data:
+            raise InputError("--quantize int8 needs calibration images: give --data SPEC (its train split is used), "
+                             "or --calib random for a latency what-if (accuracy not measured)")
+
+    @property
+    def writes_derived_files(self) -> bool:
+        return self.quantize is not None or self.fp16
+
+
+@dataclass(kw_only=True)
+class ExportConfig(PrecisionOptions):
+    """`updp export`: export to ONNX, merge the pruned blocks, verify, write (and int8/fp16 files of it)."""
 
     out: str = option(help="output .onnx path (written atomically)")
     model: str | None = option(None, help=MODEL_HELP + " (default: the checkpoint's)", positional=True,
@@ -348,11 +424,12 @@ class ExportConfig:
         self.input_size = _input_size(self.input_size, "--input-size")
         _at_least(self.batch, 1, "--batch")
         _at_least(self.prune, 1, "--prune")
+        super().__post_init__()
 
 
-@dataclass
-class OptimizeConfig:
-    """`updp optimize`: updp's passes on any ONNX file."""
+@dataclass(kw_only=True)
+class OptimizeConfig(PrecisionOptions):
+    """`updp optimize`: updp's passes on any ONNX file (and int8/fp16 files of the result)."""
 
     input: str = option(help="input .onnx", positional=True)
     out: str = option(help="output .onnx path (written atomically)")
@@ -432,4 +509,4 @@ WORKFLOW_CONFIGS: dict[str, type] = {
 
 __all__ = ["BenchConfig", "BlocksConfig", "DemoConfig", "EvalConfig", "ExportConfig", "OptimizeConfig", "PruneConfig",
            "SearchConfig", "TrainConfig", "TrainingRunOptions", "WORKFLOW_CONFIGS", "field_default", "option",
-           "ordered_fields", "pick"]
+           "PrecisionOptions", "ordered_fields", "pick"]

@@ -21,7 +21,8 @@ from updp.workflows.config import EvalConfig
 from updp.workflows.resolve import load_model
 
 
-def _onnx_input_size(path: str, proto) -> tuple[int, int]:
+def onnx_input_size(path: str, proto) -> tuple[int, int]:
+    """(H, W) of an ONNX image model: its static input shape, else its `updp.input_shape` metadata."""
     dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
     if len(dims) == 4 and dims[2] and dims[3]:
         return dims[2], dims[3]
@@ -33,7 +34,7 @@ def _onnx_input_size(path: str, proto) -> tuple[int, int]:
 
 def _evaluate_onnx(cfg: EvalConfig) -> tuple[dict, tuple[int, int]]:
     proto = load_onnx(cfg.file)
-    size = cfg.input_size or _onnx_input_size(cfg.file, proto)
+    size = cfg.input_size or onnx_input_size(cfg.file, proto)
     data = get_datasets(cfg.data, size, split_seed=cfg.split_seed)
     res = onnx_accuracy(proto, getattr(data, cfg.split), batch_size=cfg.batch_size, num_classes=data.num_classes)
     return res, size
@@ -78,4 +79,4 @@ def format_accuracy(res: dict) -> str:
             f"loss {res['loss']:.4f}, {res['provider']}, {res['seconds']:.1f} s")
 
 
-__all__ = ["evaluate", "format_accuracy"]
+__all__ = ["evaluate", "format_accuracy", "onnx_input_size"]

@@ -23,9 +23,11 @@ from updp.core.errors import InputError
 from updp.core.io import check_outputs
 from updp.exporter.export import ExportResult, export_module
 from updp.exporter.selection import select_blocks
+from updp.exporter.torch_export import save_model
 from updp.models.checkpoint import read_checkpoint
 from updp.models.zoo import check_input_size, create_model, normalize_record, same_model
 from updp.workflows.config import ExportConfig
+from updp.workflows.precision import derive_files, derived_paths
 from updp.workflows.resolve import load_model
 
 
@@ -75,11 +77,15 @@ def _model(cfg: ExportConfig):
 def export(cfg: ExportConfig) -> ExportResult:
     """Export (and merge, verify, write) the model `cfg` describes (see the module docstring).
 
+    With `cfg.quantize` / `cfg.fp16` the int8 / float16 files are made from the verified float
+    file and checked (`updp.workflows.precision`) before any of the files is written.
+
     Raises:
-        InputError, UnsupportedError, VerificationError: nothing is written in any of these cases.
+        InputError, UnsupportedError, VerificationError: nothing is written in any of these cases
+            (an int8 file that loses too much accuracy raises `AccuracyDropError`, exit 4).
     """
     t0 = time.perf_counter()
-    check_outputs([cfg.out], [cfg.checkpoint])
+    check_outputs([cfg.out, *derived_paths(cfg.out, cfg)], [cfg.checkpoint])
     torch.manual_seed(cfg.seed)
     cfg = with_checkpoint_spec(cfg)
     module, plan, chw = _model(cfg)
@@ -98,10 +104,16 @@ def export(cfg: ExportConfig) -> ExportResult:
     else:
         chosen, rule = [], "none"
     weights = f"checkpoint {cfg.checkpoint}" if cfg.checkpoint else f"random (seed {cfg.seed})"
-    result = export_module(module, input_shape, chosen, out=cfg.out, optimize=cfg.optimize, verify=cfg.verify,
+    result = export_module(module, input_shape, chosen, out=None, optimize=cfg.optimize, verify=cfg.verify,
                            polish=cfg.polish, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, weights=weights,
                            randomize_norms=None if cfg.checkpoint else cfg.seed, already_pruned=plan is not None,
                            selection_rule=rule, model_label=cfg.model, model_kwargs=cfg.model_kwargs)
+    made = derive_files(result.onnx_model, cfg.out, cfg, where=cfg.out)
+    save_model(result.onnx_model, cfg.out)
+    result.out = str(cfg.out)
+    for item, model in made:
+        save_model(model, item.out)
+        result.derived.append(item)
     result.seconds = time.perf_counter() - t0
     return result
 
