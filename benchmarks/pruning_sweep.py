@@ -200,7 +200,7 @@ def speedups(name: str, base: Path, records: list[dict], ps: list[int], budget: 
             names.append(f"P{p}_{method}")
     report = updp.bench([str(f) for f in files], names=names, opt_levels=["all"], threads=2, repeats=repeats,
                         warmup=20)
-    return {"speedup": {n: report.get(n, "all").speedup for n in names}, "setup": report.to_dict().get("setup"),
+    return {"speedup": {n: report.get(n, "all").speedup for n in names}, "setup": report.report().setup.to_dict(),
             "table": report.format_table()}
 
 

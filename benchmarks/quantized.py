@@ -72,7 +72,7 @@ def main() -> None:
             print(f"\n## {name} (P{MODELS[name][1]}), batch {batch}\n{report.format_table()}", flush=True)
             rows[f"{name}_b{batch}"] = {n: {"median_ms": report.get(n, "all").median_ms,
                                             "speedup": report.get(n, "all").speedup} for n in names}
-            rows[f"{name}_b{batch}"]["setup"] = report.to_dict().get("setup")
+            rows[f"{name}_b{batch}"]["setup"] = report.report().setup.to_dict()
     path = save_json("quantized.json", {"rows": rows, "repeats": args.repeats, "calibration": "random (latency only)"})
     print(json.dumps({k: {n: round(v["speedup"], 3) for n, v in r.items() if n != "setup"} for k, r in rows.items()},
                      indent=1))

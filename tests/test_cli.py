@@ -109,10 +109,12 @@ def test_bench_json_has_median_and_p90(tmp_path, capsys):
     code = main(["bench", str(src), str(src), "--repeats", "3", "--warmup", "1", "--json"])
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
-    rows = payload["results"]
+    assert payload["batches"] == [1] and len(payload["reports"]) == 1
+    report = payload["reports"][0]
+    rows = report["results"]
     # both files under ORT_DISABLE_ALL and ORT_ENABLE_ALL (the default: only a gain under "all" counts)
     assert sorted(r["opt_level"] for r in rows) == ["all", "all", "disable", "disable"]
-    assert payload["setup"]["repeats"] == 3 and payload["setup"]["warmup"] == 1
+    assert report["setup"]["repeats"] == 3 and report["setup"]["warmup"] == 1
     for row in rows:
         assert row["median_ms"] > 0 and row["p90_ms"] >= row["median_ms"]
 

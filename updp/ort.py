@@ -222,14 +222,26 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
+# The providers of each device, first preferred: ORT places every node on the first provider
+# that takes it, so the CPU stays last for what the others cannot run.
+DEVICE_PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
 def default_providers(device: str = "cpu") -> list[str]:
-    """CPU always; CUDA first when asked for and onnxruntime-gpu provides it."""
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available_providers():
-            raise InputError("CUDA requested but onnxruntime has no CUDAExecutionProvider "
-                             "(install onnxruntime-gpu on a machine with a GPU)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    """The providers of `device` (`DEVICE_PROVIDERS`), each checked to be in this onnxruntime."""
+    if device not in DEVICE_PROVIDERS:
+        raise InputError(f"unknown device {device!r}; choose from {', '.join(DEVICE_PROVIDERS)}")
+    have = available_providers()
+    missing = [p for p in DEVICE_PROVIDERS[device] if p not in have]
+    if missing:
+        raise InputError(f"{device} requested but onnxruntime has no {missing[0]} (it has {', '.join(have)}); "
+                         "install onnxruntime-gpu on a machine with a GPU"
+                         + (" and the TensorRT libraries" if device == "tensorrt" else ""))
+    return list(DEVICE_PROVIDERS[device])
 
 
 def make_session(model: onnx.ModelProto | str | os.PathLike, *, opt_level: str = "all",

@@ -23,9 +23,9 @@ AMP_MODES: tuple[str, ...] = ("off", "bf16")
 DEFAULT_OPSET = 18
 MIN_EXPORT_OPSET = 17
 
-# Where ONNX Runtime runs ("cuda" needs onnxruntime-gpu), and where torch trains ("auto" is CUDA
-# when present, else the CPU; also "cuda:N").
-ORT_DEVICES: tuple[str, ...] = ("cpu", "cuda")
+# Where ONNX Runtime runs ("cuda" needs onnxruntime-gpu; "tensorrt" its TensorRT provider and the
+# TensorRT libraries), and where torch trains ("auto" is CUDA when present, else the CPU; also "cuda:N").
+ORT_DEVICES: tuple[str, ...] = ("cpu", "cuda", "tensorrt")
 DEFAULT_TORCH_DEVICE = "auto"
 
 # The data splits (`updp.data`): train / holdout (the search scores on it) / val (reporting only).
