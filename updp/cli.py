@@ -260,7 +260,9 @@ RUN_FLAGS = (("model", "model", "name"), ("input_size", "model", "input_size"), 
              ("split_seed", "data", "split_seed"), ("baseline_epochs", "baseline", "epochs"),
              ("blocks", "search", "blocks"), ("search_epochs", "search", "epochs"),
              ("max_evals", "search", "max_evals"), ("prune_epochs", "prune", "epochs"),
-             ("threads", "bench", "threads"), ("repeats", "bench", "repeats"), ("device", None, "device"),
+             ("quantize", "precision", "quantize"), ("fp16", "precision", "fp16"),
+             ("threads", "bench", "threads"), ("repeats", "bench", "repeats"), ("batch", "bench", "batch"),
+             ("device", None, "device"),
              ("max_steps_per_epoch", None, "max_steps_per_epoch"), ("amp", None, "amp"))
 
 
@@ -435,8 +437,12 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-evals", type=int, help="search.max_evals: subnets the search scores")
     sp.add_argument("--prune-epochs", type=int, help="prune.epochs: progressive training epochs")
     sp.add_argument("--no-kd", action="store_true", help="prune.kd = false: no distillation")
+    sp.add_argument("--quantize", choices=["int8"], help="precision.quantize: the quantize stage writes int8 files "
+                                                          "of both exports (calibrated on the data's train split)")
+    sp.add_argument("--fp16", action="store_true", default=None, help="precision.fp16: and float16 files")
     sp.add_argument("--threads", type=int, help="bench.threads: ORT intra-op threads (latency)")
     sp.add_argument("--repeats", type=int, help="bench.repeats: interleaved latency rounds")
+    sp.add_argument("--batch", type=int, nargs="+", help="bench.batch: batch size(s) of the latency tables")
     sp.add_argument("--device", help="device: torch device for training (auto, cpu, cuda)")
     sp.add_argument("--max-steps-per-epoch", type=int, help="max_steps_per_epoch: cap steps (smoke runs)")
     sp.add_argument("--amp", choices=list(AMP_MODES), help="amp: bfloat16 autocast of the training forwards")

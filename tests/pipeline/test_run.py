@@ -27,7 +27,7 @@ from updp.pipeline.config import (
 )
 from updp.pipeline.run import StageRecord, run_pipeline
 
-ALL = ["baseline", "search", "prune", "export", "eval", "bench", "report"]
+ALL = ["baseline", "search", "prune", "export", "eval", "quantize", "bench", "report"]
 
 
 def tiny_config(**over) -> RunConfig:
@@ -108,7 +108,8 @@ def test_full_run_writes_every_stage_and_the_report(done_run):
     assert _actions(outcome) == dict.fromkeys(ALL, "ran")
     for stage in ALL:
         rec = StageRecord.read(run_dir / stage / "stage.json")
-        assert rec.status == "done" and len(rec.input_hash) == 64 and rec.outputs
+        assert rec.status == "done" and len(rec.input_hash) == 64
+        assert bool(rec.outputs) == (stage != "quantize")  # off by default: nothing written
     assert RunConfig.from_json((run_dir / "config.json").read_text()) == tiny_config()
     for name in ("report.md", "report.html", "results.json", "figures/tradeoff.png", "figures/blocks.png"):
         assert (run_dir / name).is_file(), name
@@ -156,6 +157,28 @@ def test_changed_input_reruns_that_stage_and_those_after_it(done_run, tmp_path):
     # the ONNX files come back byte for byte, so eval and bench keep their inputs; the report reruns
     # because the export's result (its timings) changed
     assert out.ran == ["export", "report"]
+
+
+def test_quantize_stage_writes_int8_files_and_the_report_compares_four_files(done_run, tmp_path):
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    # two training steps: the accuracy is a mechanics check, so no drop limit applies here
+    out = _run(tiny_config(precision={"quantize": "int8", "calib_images": 32, "max_accuracy_drop": 100.0}), run_dir)
+    assert out.ran == ["quantize", "bench", "report"]
+    q = out.results["quantize"]
+    assert q["enabled"] and sorted(q["files"]) == ["baseline.int8", "pruned.int8"]
+    for key in ("baseline", "pruned"):
+        item = q[f"{key}.int8"]
+        assert (run_dir / q["files"][f"{key}.int8"]).is_file() and item["verified"] is False
+        assert item["float_accuracy"] == out.results["eval"][key]["acc"]  # the same file, the same split
+    timed = {r["model"] for r in out.results["bench"]["bench"]["results"]}
+    assert timed == {"baseline", "pruned", "baseline.int8", "pruned.int8"}
+    rows = json.loads((run_dir / "results.json").read_text())["precision"]
+    assert [(r["file"], r["precision"]) for r in rows] == [("baseline", "fp32"), ("pruned", "fp32"),
+                                                           ("baseline.int8", "int8"), ("pruned.int8", "int8")]
+    assert rows[0]["speedup"] == 1.0 and all(r["median_ms"] > 0 and r["acc"] is not None for r in rows)
+    md = (run_dir / "report.md").read_text()
+    assert "int8 and float16 files: accuracy vs latency" in md and "no (not exact)" in md
 
 
 def test_resume_after_a_kill_continues_training(done_run, tmp_path, monkeypatch):
@@ -216,10 +239,10 @@ def test_cli_quiet_json_and_verbose(done_run, tmp_path, capsys):
     cap = capsys.readouterr()
     assert cap.err == ""
     payload = json.loads(cap.out)
-    assert [s["action"] for s in payload["stages"]] == ["skipped"] * 7 and payload["headline"]["speedup_all"] > 0
+    assert [s["action"] for s in payload["stages"]] == ["skipped"] * len(ALL) and payload["headline"]["speedup_all"] > 0
     assert main(["run", "--resume", str(run_dir), "--repeats", "3"]) == 0
     cap = capsys.readouterr()
-    assert "[6/7] bench    running" in cap.err and "skipped (finished, inputs unchanged)" in cap.err
+    assert "[7/8] bench    running" in cap.err and "skipped (finished, inputs unchanged)" in cap.err
     assert "report: " in cap.out and "speedup under ORT_ENABLE_ALL" in cap.out
     assert "Warning" not in cap.err  # library chatter is hidden
     with pytest.raises(SystemExit):  # argparse: --out and --resume exclude each other

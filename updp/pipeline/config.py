@@ -55,17 +55,19 @@ from updp.core.errors import InputError
 from updp.workflows.config import (
     BenchConfig,
     ExportConfig,
+    PrecisionOptions,
     PruneConfig,
     SearchConfig,
     TrainConfig,
     field_default,
     option,
+    parse_op_types,
 )
 
 CONFIG_VERSION = 1
 # The stages of a run, in order (`updp.pipeline.stages` implements them; the CLI offers the names
 # without importing it).
-STAGE_NAMES = ("baseline", "search", "prune", "export", "eval", "bench", "report")
+STAGE_NAMES = ("baseline", "search", "prune", "export", "eval", "quantize", "bench", "report")
 DEFAULT_MODEL = "timm:convnext_atto"
 DEFAULT_DATA = "mnist5k"
 
@@ -168,6 +170,16 @@ ExportSection = derive_section(
     "ExportSection", ExportConfig, keep=("opset", "seed"),
     doc="Stage `export`: both checkpoints to ONNX, merged and verified (the settings of `updp export` that a "
         "run may change; merging and verifying are not optional here).")
+def _precision_post_init(self) -> None:
+    self.keep_float = parse_op_types(self.keep_float)  # a TOML/JSON list comes back as the tuple it was
+
+
+PrecisionSection = derive_section(
+    "PrecisionSection", PrecisionOptions, exclude=("data", "split_seed"), post_init=_precision_post_init,
+    doc="Stage `quantize` (off unless `quantize = \"int8\"` or `fp16 = true`): int8 / float16 files of both "
+        "exported files, the settings of `updp export --quantize/--fp16`; calibrated on the run's data (train "
+        "split), their accuracy measured on its val split, an int8 file losing more than `max_accuracy_drop` "
+        "points refused (the run stops, exit 4).")
 BenchSection = derive_section(
     "BenchSection", BenchConfig, exclude=("models", "save", "names"),
     extra=(("profile_runs", int, option(50, help="profiled runs per model for the per-block times")),
@@ -178,7 +190,7 @@ BenchSection = derive_section(
 
 _SECTIONS: dict[str, type] = {"model": ModelSection, "data": DataSection, "baseline": BaselineSection,
                               "search": SearchSection, "prune": PruneSection, "export": ExportSection,
-                              "bench": BenchSection}
+                              "precision": PrecisionSection, "bench": BenchSection}
 
 
 @dataclass
@@ -191,7 +203,8 @@ class RunConfig:
         max_steps_per_epoch: cap on training steps per epoch, every training stage (smoke runs, tests).
         amp: 'off' or 'bf16': bfloat16 autocast of every training stage's forwards (see
             `updp.training.trainer.TrainerConfig.amp`).
-        model, data, baseline, search, prune, export, bench: one section per stage.
+        model, data, baseline, search, prune, export, precision, bench: one section per stage
+            (`precision` is the quantize stage's).
     """
 
     version: int = CONFIG_VERSION
@@ -204,6 +217,7 @@ class RunConfig:
     search: SearchSection = field(default_factory=SearchSection)
     prune: PruneSection = field(default_factory=PruneSection)
     export: ExportSection = field(default_factory=ExportSection)
+    precision: PrecisionSection = field(default_factory=PrecisionSection)
     bench: BenchSection = field(default_factory=BenchSection)
 
     def __post_init__(self) -> None:
@@ -416,17 +430,25 @@ def export_configs(cfg: RunConfig, run_dir: Path) -> dict[str, ExportConfig]:
             for key in ("baseline", "pruned")}
 
 
-def bench_config(cfg: RunConfig, run_dir: Path) -> BenchConfig:
-    """Stage `bench` as an `updp bench` config (the per-block profiles are the stage's own)."""
+def precision_config(cfg: RunConfig) -> PrecisionOptions:
+    """Stage `quantize` as the precision options of `updp export` (the data is the run's)."""
+    return PrecisionOptions(data=cfg.data.spec, split_seed=cfg.data.split_seed, **asdict(cfg.precision))
+
+
+def bench_config(cfg: RunConfig, run_dir: Path, derived: dict[str, Path] | None = None) -> BenchConfig:
+    """Stage `bench` as an `updp bench` config (the per-block profiles are the stage's own); `derived`:
+    the quantize stage's files by name ('baseline.int8', ...), timed with the two float files."""
     section = {k: v for k, v in asdict(cfg.bench).items() if k not in ("profile_runs", "profile_opt_level")}
-    return BenchConfig(models=[str(run_dir / STAGE_FILES["baseline.onnx"]), str(run_dir / STAGE_FILES["pruned.onnx"])],
-                       names=["baseline", "pruned"], **section)
+    derived = derived or {}
+    return BenchConfig(models=[str(run_dir / STAGE_FILES["baseline.onnx"]), str(run_dir / STAGE_FILES["pruned.onnx"]),
+                               *map(str, derived.values())],
+                       names=["baseline", "pruned", *derived], **section)
 
 
 def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Every stage's workflow config(s); raises `InputError` naming the section that does not build."""
     builders = {"baseline": baseline_config, "search": search_config, "prune": prune_config,
-                "export": export_configs, "bench": bench_config}
+                "export": export_configs, "precision": lambda c, _: precision_config(c), "bench": bench_config}
     out = {}
     for name, build in builders.items():
         if name == "search" and cfg.search.blocks is not None:
@@ -439,6 +461,6 @@ def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
 
 
 __all__ = ["BaselineSection", "BenchSection", "CONFIG_VERSION", "DataSection", "ExportSection", "ModelSection",
-           "PruneSection", "RunConfig", "STAGE_FILES", "STAGE_NAMES", "SearchSection", "baseline_config",
-           "bench_config", "demo_config", "derive_section", "export_configs", "prune_config", "search_config",
-           "stage_configs", "stage_subset"]
+           "PrecisionSection", "PruneSection", "RunConfig", "STAGE_FILES", "STAGE_NAMES", "SearchSection",
+           "baseline_config", "bench_config", "demo_config", "derive_section", "export_configs", "precision_config",
+           "prune_config", "search_config", "stage_configs", "stage_subset"]

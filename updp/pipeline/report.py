@@ -273,7 +273,49 @@ def _latency_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict
         s = bench["bench"]["setup"]
         doc.append(("note", f"{', '.join(s['providers'])}, {s['threads']} intra-op threads, batch {s['batch']}, "
                             f"{s['warmup']} warm-up runs, then {s['repeats']} interleaved rounds (each round runs "
-                            f"both models, the first one rotating); spinning {'on' if s['spinning'] else 'off'}."))
+                            f"every file once, the first one rotating); spinning {'on' if s['spinning'] else 'off'}."))
+    return doc
+
+
+def precision_rows(results: dict) -> list[dict[str, Any]]:
+    """Accuracy and latency of the float files and the quantize stage's (int8, float16) files: one
+    row per file, latency under ORT_ENABLE_ALL, speedup against the float32 baseline."""
+    q, ev = results.get("quantize") or {}, results.get("eval") or {}
+    if not q.get("enabled"):
+        return []
+    base = _timing(results, "baseline", "all")
+    rows = []
+    for name in ("baseline", "pruned", *[k for k in q.get("files", {})]):
+        key, _, kind = name.partition(".")
+        item = q.get(name) if kind else None
+        acc = item["accuracy"] if item else ev.get(key, {}).get("acc")
+        t = _timing(results, name, "all")
+        rows.append({"file": name, "model": "merged" if key == "pruned" else "baseline", "precision": kind or "fp32",
+                     "acc": acc, "median_ms": t["median_ms"] if t else None, "p90_ms": t["p90_ms"] if t else None,
+                     "speedup": base["median_ms"] / t["median_ms"] if t and base else None,
+                     "drop_points": item.get("accuracy_drop") if item else None,
+                     "verified": item["verified"] if item else True,
+                     "calibration": (item.get("record") or {}).get("calibration") if item else None})
+    return rows
+
+
+def _precision_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, Path]) -> list[tuple]:
+    """The four (or more) files: accuracy vs latency."""
+    rows = precision_rows(results)
+    if not rows:
+        return []
+    doc: list[tuple] = [("h2", "int8 and float16 files: accuracy vs latency")]
+    table = [[r["file"], r["precision"], _pct(r["acc"]), _f(r["drop_points"], "+.2f") if r["drop_points"] is not None
+              else "", _f(r["median_ms"]), _f(r["p90_ms"]), _f(r["speedup"]) + "×",
+              "yes" if r["verified"] else "no (not exact)"] for r in rows]
+    doc.append(("table", ["file", "precision", "val acc (ORT)", "points lost vs its fp32 file", "median ms",
+                          "p90 ms", "speedup vs fp32 baseline", "verified equal"], table))
+    calib = next((r["calibration"] for r in rows if r["calibration"]), None)
+    doc.append(("note", "Latency under ORT_ENABLE_ALL, all files in the same interleaved rounds (section Latency). "
+                        "int8: ONNX Runtime static QDQ quantization of each float file"
+                        + (f", calibrated on {calib}" if calib else "")
+                        + f"; refused when it loses more than {cfg.precision.max_accuracy_drop:g} points. float16: "
+                        "verified against its float32 file with float16's tolerance."))
     return doc
 
 
@@ -445,7 +487,8 @@ def _document(run_dir: Path, cfg: RunConfig, results: dict, figures: dict[str, P
     """The report as blocks: ("h1"|"h2"|"p"|"note", text), ("cards", [(label, value, sub)]),
     ("table", headers, rows), ("kv", [(key, value)]), ("img", path, alt), ("code", text), ("list", items)."""
     doc: list[tuple] = []
-    for section in (_summary_section, _tradeoff_section, _latency_section, _block_section, _plan_section,
+    for section in (_summary_section, _tradeoff_section, _latency_section, _precision_section, _block_section,
+                    _plan_section,
                     _training_section, _merge_section, _environment_section, _reproduce_section):
         doc += section(run_dir, cfg, results, figures)
     return doc
@@ -600,10 +643,11 @@ def write_report(run_dir: Path, cfg: RunConfig, results: dict[str, dict[str, Any
     paths = {"md": run_dir / "report.md", "html": run_dir / "report.html", "json": run_dir / "results.json"}
     write_text_atomic(paths["md"], render_markdown(doc, run_dir))
     write_text_atomic(paths["html"], render_html(doc, doc[0][1]))
-    payload = {"headline": headline(results), "config": cfg.to_dict(),
+    payload = {"headline": headline(results), "config": cfg.to_dict(), "precision": precision_rows(results),
                "stages": {k: v for k, v in results.items() if k != "report"}}
     write_text_atomic(paths["json"], json.dumps(payload, indent=2, default=str) + "\n")
     return {**paths, **{f"figure_{k}": v for k, v in figures.items()}}
 
 
-__all__ = ["headline", "plot_blocks", "plot_tradeoff", "render_html", "render_markdown", "write_report"]
+__all__ = ["headline", "plot_blocks", "plot_tradeoff", "precision_rows", "render_html", "render_markdown",
+           "write_report"]

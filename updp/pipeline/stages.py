@@ -13,6 +13,7 @@ and records each stage in `<stage>/stage.json`.
 | prune    | `prune.prune` (progressive λ, KD)                  | `prune/pruned.pt`                     |
 | export   | `export.export` on both checkpoints (merge+verify) | `export/baseline.onnx`, `pruned.onnx` |
 | eval     | `evaluate.evaluate` (ONNX Runtime) on both         | `eval/eval.json`                      |
+| quantize | `precision.derive_files` on both (off by default)  | `quantize/{baseline,pruned}.int8.onnx` (.fp16) |
 | bench    | `bench.bench` (interleaved) + `bench.block_profiles` | `bench/bench.json`                  |
 | report   | `updp.pipeline.report`                             | `report.md`, `report.html`, `results.json` |
 """
@@ -28,8 +29,9 @@ from typing import Any
 
 from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
-from updp.exporter.torch_export import versions
+from updp.exporter.torch_export import save_model, versions
 from updp.latency.runner import LatencySetup
+from updp.ort import load_onnx
 from updp.pipeline.config import (
     STAGE_FILES,
     STAGE_NAMES,
@@ -37,6 +39,7 @@ from updp.pipeline.config import (
     baseline_config,
     bench_config,
     export_configs,
+    precision_config,
     prune_config,
     search_config,
     stage_subset,
@@ -46,6 +49,7 @@ from updp.workflows.bench import bench, block_profiles
 from updp.workflows.config import EvalConfig
 from updp.workflows.evaluate import evaluate
 from updp.workflows.export import export
+from updp.workflows.precision import derive_files
 from updp.workflows.prune import prune
 from updp.workflows.search import manual_plan, run_search
 from updp.workflows.train import train
@@ -225,16 +229,51 @@ def _eval_run(ctx: StageContext, resume: bool) -> StageOutcome:
                                 f"({100 * (p['acc'] - b['acc']):+.2f} points, n = {p['n']})")
 
 
+# ------------------------------------------------------------------ quantize
+
+def _quantize_inputs(ctx: StageContext):
+    return (stage_subset(ctx.cfg, "data", "precision"),
+            {"baseline": _file(ctx, "export", "baseline"), "pruned": _file(ctx, "export", "pruned")})
+
+
+def _quantize_run(ctx: StageContext, resume: bool) -> StageOutcome:
+    opts = precision_config(ctx.cfg)
+    if not opts.writes_derived_files:
+        return StageOutcome(outputs={}, result={"enabled": False},
+                            summary="off (precision.quantize = \"int8\" or precision.fp16 = true turns it on)")
+    made = {}
+    for key in ("baseline", "pruned"):  # both checked before either is written
+        src = _file(ctx, "export", key)
+        made[key] = derive_files(load_onnx(src), ctx.path("quantize", f"{key}.onnx"), opts, where=str(src))
+    outputs, result = {}, {"enabled": True}
+    ctx.path("quantize", "").mkdir(parents=True, exist_ok=True)
+    for key, items in made.items():
+        for item, model in items:
+            save_model(model, item.out)
+            outputs[f"{key}.{item.kind}"] = Path(item.out)
+            result[f"{key}.{item.kind}"] = item.to_dict()
+    parts = [f"{k} {100 * result[k]['accuracy']:.2f} %" for k in outputs if result[k]["accuracy"] is not None]
+    return StageOutcome(outputs=outputs, result=result,
+                        summary=f"{', '.join(outputs)} written" + (f"; val acc (ORT) {', '.join(parts)}" if parts
+                                                                    else ""))
+
+
+def _derived_files(ctx: StageContext) -> dict[str, Path]:
+    """The quantize stage's files by name ('baseline.int8', ...), none when it is off."""
+    return {k: ctx.run_dir / v for k, v in (ctx.results.get("quantize") or {}).get("files", {}).items()}
+
+
 # ------------------------------------------------------------------ bench
 
 def _bench_inputs(ctx: StageContext):
     return (stage_subset(ctx.cfg, "bench"),
-            {"baseline": _file(ctx, "export", "baseline"), "pruned": _file(ctx, "export", "pruned")})
+            {"baseline": _file(ctx, "export", "baseline"), "pruned": _file(ctx, "export", "pruned"),
+             **_derived_files(ctx)})
 
 
 def _bench_run(ctx: StageContext, resume: bool) -> StageOutcome:
     bc = ctx.cfg.bench
-    report = bench(bench_config(ctx.cfg, ctx.run_dir))
+    report = bench(bench_config(ctx.cfg, ctx.run_dir, _derived_files(ctx)))
     psetup = LatencySetup(device=bc.device, threads=bc.threads, warmup=bc.warmup, batch=bc.batch[0],
                           opt_level=bc.profile_opt_level)
     files = {k: _file(ctx, "export", k) for k in ("baseline", "pruned")}
@@ -269,6 +308,8 @@ STAGES: list[Stage] = [
     Stage("prune", "progressive training (lambda 0 -> 1, KD)", _prune_inputs, _prune_run),
     Stage("export", "ONNX export of both, merge + verify", _export_inputs, _export_run),
     Stage("eval", "ONNX Runtime accuracy of both", _eval_inputs, _eval_run),
+    Stage("quantize", "int8 / float16 files of both, accuracy-checked (off by default)", _quantize_inputs,
+          _quantize_run),
     Stage("bench", "interleaved latency + per-block profiles", _bench_inputs, _bench_run),
     Stage("report", "report.md, report.html, results.json", _report_inputs, _report_run),
 ]

@@ -21,6 +21,7 @@ from updp.latency.runner import BenchReport, LatencySetup, ModelTiming, benchmar
 from updp.ort import load_onnx
 from updp.verify import check_equivalence
 from updp.workflows.config import BenchConfig, ExportConfig
+from updp.workflows.export import export
 
 
 @dataclass
@@ -131,8 +132,6 @@ def _reexport_dynamic(proto: onnx.ModelProto) -> tuple[str, onnx.ModelProto] | N
     """The same model exported again by updp with a symbolic batch, or None when the file is not
     updp's, its weights cannot be had again (a checkpoint that is gone), or the new export does not
     compute what the file computes."""
-    from updp.workflows.export import export  # lazy: torch only when a file needs exporting again
-
     meta = get_metadata(proto)
     if "updp.model" not in meta:
         return None

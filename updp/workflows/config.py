@@ -326,7 +326,7 @@ DEFAULT_KEEP_FLOAT = ("LayerNormalization", "Softmax")
 DEFAULT_MAX_ACCURACY_DROP = 1.0
 
 
-def _keep_float(value: Any) -> tuple[str, ...]:
+def parse_op_types(value: Any) -> tuple[str, ...]:
     """`--keep-float LayerNormalization,Softmax` (or a list); `none` keeps nothing in float."""
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [str(v).strip() for v in items if str(v).strip()]
@@ -373,7 +373,7 @@ class PrecisionOptions:
         _choice(self.calib_method, CALIB_METHODS, "--calib-method")
         if self.quantize is not None:
             _choice(self.quantize, QUANTIZE_FORMATS, "--quantize")
-        self.keep_float = _keep_float(self.keep_float)
+        self.keep_float = parse_op_types(self.keep_float)
         _at_least(self.calib_images, 1, "--calib-images")
         _at_least(self.max_accuracy_drop, 0, "--max-accuracy-drop")
         if self.fp16_keep_io and not self.fp16:
@@ -518,4 +518,4 @@ WORKFLOW_CONFIGS: dict[str, type] = {
 
 __all__ = ["BenchConfig", "BlocksConfig", "DemoConfig", "EvalConfig", "ExportConfig", "OptimizeConfig", "PruneConfig",
            "SearchConfig", "TrainConfig", "TrainingRunOptions", "WORKFLOW_CONFIGS", "field_default", "option",
-           "PrecisionOptions", "ordered_fields", "pick"]
+           "PrecisionOptions", "ordered_fields", "parse_op_types", "pick"]
