@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,3 +27,18 @@ def save_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return path
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def paired(diffs: list[float]) -> dict:
+    """Mean ± std of paired differences and the two-sided paired t-test p (None when undefined)."""
+    from scipy import stats
+
+    m, s = mean_std(diffs)
+    p = None
+    if len(diffs) > 1 and s > 0:
+        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
+    return {"mean": m, "std": s, "n": len(diffs), "p": p}

@@ -47,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import RESULTS, ROOT, save_json, setup_logging
+from _common import RESULTS, ROOT, mean_std, paired, save_json, setup_logging
 
 import updp
 from updp.core.io import write_text_atomic
@@ -138,21 +138,6 @@ def run_one(name: str, base: Path, blocks: list[int], budget: int, method: str, 
     print(f"[{record['seconds']:6.1f}s] {key}: {100 * record['final_acc']:.2f} % "
           f"(after conversion {100 * record['at_start_acc']:.2f} %)", flush=True)
     return record
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
-
-
-def paired(diffs: list[float]) -> dict:
-    """Mean ± std of paired differences and the two-sided paired t-test p (None when undefined)."""
-    from scipy import stats
-
-    m, s = mean_std(diffs)
-    p = None
-    if len(diffs) > 1 and s > 0:
-        p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
-    return {"mean": m, "std": s, "n": len(diffs), "p": p}
 
 
 def summarize(records: list[dict], budgets: list[int], ps: list[int], seeds: int) -> dict:

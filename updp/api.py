@@ -153,7 +153,8 @@ def bench(models: list[str], **options: Any):
     """Interleaved latency of ONNX files under ORT_DISABLE_ALL and ORT_ENABLE_ALL (`updp bench`).
 
     Returns:
-        `BenchReport`; speedups relative to the first file (`.format_table()`, `.get(name, level)`).
+        `BenchSweep`: one `BenchReport` per batch size (`.report(batch)`); speedups relative to the
+        first file (`.format_table()`, `.get(name, level, batch=None)`).
     """
     from updp.workflows.bench import bench as run  # lazy: `import updp` stays free of torch
 

@@ -28,9 +28,12 @@ What it does, and why:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +53,7 @@ CALIBRATION_METHODS: dict[str, str] = {"minmax": "MinMax", "entropy": "Entropy",
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("LayerNormalization", "Softmax")
 METADATA_KEY = "updp.quantization"
 RANDOM_CALIBRATION = "random"
+ENTROPY_HISTOGRAM_BINS = 2048  # histogram bins of the Entropy calibration (see `_entropy_histogram_bins`)
 MAX_UNRUNNABLE = 8  # nodes re-kept in float because ORT's int8 kernel refused them, before giving up
 VERIFIED_KEY = "updp.verified_max_abs_diff"  # written by the export of a verified merge
 
@@ -168,14 +172,38 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
     return result
 
 
+@contextlib.contextmanager
+def _entropy_histogram_bins(bins: int = ENTROPY_HISTOGRAM_BINS) -> Iterator[None]:
+    """`quantize_static` builds its calibrator without a histogram size, and ORT's Entropy calibrator
+    then defaults to as many histogram bins (128) as quantized bins (128): its KL search has a single
+    candidate, the full range, and Entropy returns exactly MinMax's ranges. Inject the bin count the
+    method needs (2048, PyTorch's and TensorRT's) for the duration of one call."""
+    # the module, not the `quantize` function the package exports under the same name
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
+    original = ort_quantize.create_calibrator
+
+    def calibrator(*args, **kwargs):
+        if kwargs.get("calibrate_method") == CalibrationMethod.Entropy:
+            kwargs["extra_options"] = {"num_bins": bins, **(kwargs.get("extra_options") or {})}
+        return original(*args, **kwargs)
+
+    ort_quantize.create_calibrator = calibrator
+    try:
+        yield
+    finally:
+        ort_quantize.create_calibrator = original
+
+
 def _quantize_static(pre: Path, out: Path, feeds: Sequence[dict[str, np.ndarray]], settings: QuantizeSettings,
                      exclude: list[str]) -> onnx.ModelProto:
     try:
-        quantize_static(str(pre), str(out), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
-                        per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[settings.method]),
-                        extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+        # ORT's histogram calibrators print their progress on stdout, where the CLI's output goes
+        with _entropy_histogram_bins(), contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(pre), str(out), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
+                            per_channel=settings.per_channel, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[settings.method]),
+                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     except Exception as e:  # ORT's quantizer raises whatever its passes hit
         raise UnsupportedError(f"ONNX Runtime's quantizer failed: {first_line(e)}") from None
     return onnx.load(str(out))

@@ -357,6 +357,7 @@ class PrecisionOptions:
                              "only: recorded as such in the file, its accuracy means nothing)")
     calib_method: str = option("minmax", choices=CALIB_METHODS, help="how activation ranges are chosen")
     calib_images: int = option(256, help="calibration images drawn from the train split")
+    calib_seed: int = option(0, help="seed of the calibration images' draw")
     per_channel: bool = option(True, help="int8 weights per tensor instead of per output channel",
                                flag="--per-tensor")
     keep_float: tuple[str, ...] = option(DEFAULT_KEEP_FLOAT, metavar="OP,OP|none",

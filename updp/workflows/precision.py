@@ -117,9 +117,9 @@ class DerivedFile:
 def _calibration(model: onnx.ModelProto, opts: PrecisionOptions, data) -> tuple[list[dict], str]:
     if opts.calib == "random" or data is None:
         return generate_feeds(model, trials=RANDOM_CALIBRATION_RUNS, seed=0), RANDOM_CALIBRATION
-    feeds = calibration_feeds_from_data(model, data.train, images=opts.calib_images, seed=opts.split_seed)
+    feeds = calibration_feeds_from_data(model, data.train, images=opts.calib_images, seed=opts.calib_seed)
     n = sum(next(iter(f.values())).shape[0] for f in feeds)
-    return feeds, f"{data.spec} train split, {n} images (split seed {opts.split_seed})"
+    return feeds, f"{data.spec} train split, {n} images (split seed {opts.split_seed}, draw seed {opts.calib_seed})"
 
 
 def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions, *,
