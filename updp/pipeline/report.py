@@ -265,13 +265,18 @@ def _latency_section(run_dir: Path, cfg: RunConfig, results: dict, figures: dict
     bench = results.get("bench")
     if bench:
         doc.append(("h2", "Latency"))
-        rows = [[r["model"], OPT_LEVELS[r["opt_level"]], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
-                 f"{r['speedup']:.3f}×", f"{r['p90_speedup']:.3f}×", str(r["n"])]
-                for lvl in bench["bench"]["opt_levels"] for r in bench["bench"]["results"] if r["opt_level"] == lvl]
-        doc.append(("table", ["model", "ORT optimization", "median ms", "p90 ms", "speedup", "p90 speedup", "runs"],
-                    rows))
+        reports = (bench.get("batches") or {}).get("reports") or [bench["bench"]]
+        for rep in reports:
+            if len(reports) > 1:
+                doc.append(("p", f"Batch {rep['setup']['batch']}:"))
+            rows = [[r["model"], OPT_LEVELS[r["opt_level"]], f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
+                     f"{r['speedup']:.3f}×", f"{r['p90_speedup']:.3f}×", str(r["n"])]
+                    for lvl in rep["opt_levels"] for r in rep["results"] if r["opt_level"] == lvl]
+            doc.append(("table", ["model", "ORT optimization", "median ms", "p90 ms", "speedup", "p90 speedup",
+                                  "runs"], rows))
         s = bench["bench"]["setup"]
-        doc.append(("note", f"{', '.join(s['providers'])}, {s['threads']} intra-op threads, batch {s['batch']}, "
+        batches = ", ".join(str(r["setup"]["batch"]) for r in reports)
+        doc.append(("note", f"{', '.join(s['providers'])}, {s['threads']} intra-op threads, batch {batches}, "
                             f"{s['warmup']} warm-up runs, then {s['repeats']} interleaved rounds (each round runs "
                             f"every file once, the first one rotating); spinning {'on' if s['spinning'] else 'off'}."))
     return doc

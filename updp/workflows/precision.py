@@ -99,8 +99,10 @@ class DerivedFile:
                          f"{d['rel_diff']:.2e})")
         else:
             r, d = self.record, self.difference
+            source = ("random inputs (a latency what-if: the file's accuracy means nothing)"
+                      if r["calibration"] == RANDOM_CALIBRATION else r["calibration"])
             lines.append(f"  int8 QDQ ({r['weights']}, {r['activations']} activations, {r['method']}), calibrated "
-                         f"on {r['calibration']}; kept in float: "
+                         f"on {source}; kept in float: "
                          f"{', '.join(r['keep_float']) or 'nothing'} ({r['kept_float_nodes']} nodes)"
                          + (f", and {len(r['unrunnable_in_int8'])} node(s) ORT cannot run in int8"
                             if r["unrunnable_in_int8"] else ""))
