@@ -163,7 +163,8 @@ def test_quantize_stage_writes_int8_files_and_the_report_compares_four_files(don
     run_dir = tmp_path / "r"
     shutil.copytree(done_run[0], run_dir)
     # two training steps: the accuracy is a mechanics check, so no drop limit applies here
-    out = _run(tiny_config(precision={"quantize": "int8", "calib_images": 32, "max_accuracy_drop": 100.0}), run_dir)
+    out = _run(tiny_config(precision={"quantize": "int8", "calib_images": 32, "max_accuracy_drop": 100.0},
+                           bench={"batch": [1, 2]}), run_dir)
     assert out.ran == ["quantize", "bench", "report"]
     q = out.results["quantize"]
     assert q["enabled"] and sorted(q["files"]) == ["baseline.int8", "pruned.int8"]
@@ -177,8 +178,10 @@ def test_quantize_stage_writes_int8_files_and_the_report_compares_four_files(don
     assert [(r["file"], r["precision"]) for r in rows] == [("baseline", "fp32"), ("pruned", "fp32"),
                                                            ("baseline.int8", "int8"), ("pruned.int8", "int8")]
     assert rows[0]["speedup"] == 1.0 and all(r["median_ms"] > 0 and r["acc"] is not None for r in rows)
+    assert out.results["bench"]["batches"]["batches"] == [1, 2]  # the batch-1 files, rebatched and checked
     md = (run_dir / "report.md").read_text()
     assert "int8 and float16 files: accuracy vs latency" in md and "no (not exact)" in md
+    assert "Batch 2:" in md
 
 
 def test_resume_after_a_kill_continues_training(done_run, tmp_path, monkeypatch):
@@ -262,3 +265,7 @@ def test_cli_print_config_and_overrides(capsys):
     assert cfg.search.blocks == [1, 3] and cfg.search.target_blocks is None and cfg.data.spec == "digits"
     assert cfg.baseline.checkpoint == "mine.pt" and cfg.baseline.epochs == 0
     assert cfg.prune.epochs == 4 and cfg.prune.kd is False
+    assert cfg.precision.quantize is None and cfg.bench.batch == [1]  # the quantize stage is off by default
+    assert main(["run", "--print-config", "--quantize", "int8", "--fp16", "--batch", "1", "8"]) == 0
+    cfg = RunConfig.from_toml(capsys.readouterr().out)
+    assert cfg.precision.quantize == "int8" and cfg.precision.fp16 is True and cfg.bench.batch == [1, 8]
