@@ -34,6 +34,7 @@ from updp.core.io import check_outputs, write_text_atomic
 from updp.latency.lut import LatencyLUT, build_lut
 from updp.latency.runner import LatencySetup
 from updp.models.checkpoint import load_state, read_checkpoint
+from updp.models.memory_format import fast_memory_format
 from updp.models.zoo import create_from_record
 from updp.training.device import resolve_device
 from updp.training.scoring import SubnetScorer, fixed_batches
@@ -200,6 +201,17 @@ def _score_and_search(cfg: SearchConfig, model: nn.Module, baseline: nn.Module, 
     holdout = fixed_batches(data.holdout, 256, None, shuffle=False, seed=0)
     scorer = SubnetScorer(model, calib, holdout, recalibrate=cfg.recalibrate, device=dev)
     baseline_acc = SubnetScorer(baseline.to(dev), [], holdout, recalibrate="none", device=dev).accuracy()
+    # The supernet's layout is converted once for the whole search, not once per scored subnet
+    # (each scoring then finds it converted: the context nests).
+    with fast_memory_format(model):
+        outcome, randoms, unpruned_acc = _search_subnets(cfg, model, scorer, space)
+    set_subnet(model, outcome.best.blocks)
+    return _Scored(outcome, randoms, baseline_acc, unpruned_acc, len(calib),
+                   sum(int(y.numel()) for _, y in holdout))
+
+
+def _search_subnets(cfg: SearchConfig, model: nn.Module, scorer: SubnetScorer, space: SearchSpace):
+    """(search outcome, random picks, the unpruned supernet's score)."""
     unpruned_acc = scorer(())
     evo = EvolutionConfig(population=cfg.population, parents=cfg.parents, max_evals=cfg.max_evals, seed=cfg.seed)
     n_space = space.count()
@@ -218,9 +230,7 @@ def _score_and_search(cfg: SearchConfig, model: nn.Module, baseline: nn.Module, 
         outcome = search(space, scored, method=cfg.method, exhaustive_limit=cfg.exhaustive_limit, evolution=evo)
     randoms = random_picks(space, scorer, len(outcome.best.blocks), cfg.random_picks, seed=cfg.seed,
                            exclude=outcome.best.blocks)
-    set_subnet(model, outcome.best.blocks)
-    return _Scored(outcome, randoms, baseline_acc, unpruned_acc, len(calib),
-                   sum(int(y.numel()) for _, y in holdout))
+    return outcome, randoms, unpruned_acc
 
 
 def _plan(cfg: SearchConfig, spec: dict, blocks: list[BlockInfo], cand: list[int], target: dict, s: _Scored,
