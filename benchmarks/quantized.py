@@ -63,7 +63,8 @@ def latency_part(args) -> dict:
     for name in args.models:
         for batch in args.batches:
             files = latency_files(name, batch, Path(args.work))
-            report = updp.bench(files, names=NAMES, opt_levels=["all"], threads=2, repeats=args.repeats, warmup=10)
+            report = updp.bench(files, names=NAMES, opt_levels=["all"], threads=2, repeats=args.repeats, warmup=10,
+                                batch=[batch])
             print(f"\n## {name} (P{MODELS[name][1]}), batch {batch}\n{report.format_table()}", flush=True)
             rows[f"{name}_b{batch}"] = {n: {"median_ms": report.get(n, "all").median_ms,
                                             "p90_ms": report.get(n, "all").p90_ms,

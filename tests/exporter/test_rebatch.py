@@ -57,12 +57,17 @@ def test_fixed_batch_reshape_runs_at_other_batches_with_the_same_per_sample_outp
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_a_batch_of_two_goes_to_multiples_only():
+@pytest.mark.parametrize("batch", [1, 5, 6])
+def test_a_fixed_batch_of_two_goes_to_smaller_larger_and_odd_batches(batch):
     model = _flatten_classifier(2)
     assert at_batch(model, 2) is model
-    assert fixed_batch(at_batch(model, 6)) is None
-    with pytest.raises(InputError, match="does not divide batch 5"):
-        at_batch(model, 5)
+    other = at_batch(model, batch)
+    assert fixed_batch(other) is None
+    x = np.random.default_rng(2).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+    got = make_session(other, opt_level="disable").run(None, {"x": x})[0]
+    ref = make_session(model, opt_level="disable")
+    expected = [ref.run(None, {"x": np.concatenate([x[i:i + 1], x[i:i + 1]])})[0][0] for i in range(batch)]
+    np.testing.assert_allclose(got, np.stack(expected), rtol=1e-6, atol=1e-6)
 
 
 def test_a_batch_baked_into_a_constant_is_refused_with_what_to_do():
@@ -90,3 +95,14 @@ def test_bench_times_each_batch_and_reexports_updp_files_whose_batch_is_baked_in
 def test_bench_refuses_repeated_batches():
     with pytest.raises(InputError, match="distinct"):
         BenchConfig(models=["a.onnx"], batch=[8, 8])
+
+
+def test_bench_times_files_at_their_own_fixed_batch_unless_told(tmp_path):
+    two = tmp_path / "two.onnx"
+    onnx.save(_flatten_classifier(2), str(two))
+    sweep = bench(BenchConfig(models=[str(two)], repeats=2, warmup=1, opt_levels=["all"]))
+    assert sweep.batches == [2] and sweep.rebatched == {}
+    one = tmp_path / "one.onnx"
+    onnx.save(_flatten_classifier(1), str(one))
+    with pytest.raises(InputError, match="different fixed batches"):
+        bench(BenchConfig(models=[str(two), str(one)], repeats=2, warmup=1))

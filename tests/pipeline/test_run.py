@@ -265,7 +265,7 @@ def test_cli_print_config_and_overrides(capsys):
     assert cfg.search.blocks == [1, 3] and cfg.search.target_blocks is None and cfg.data.spec == "digits"
     assert cfg.baseline.checkpoint == "mine.pt" and cfg.baseline.epochs == 0
     assert cfg.prune.epochs == 4 and cfg.prune.kd is False
-    assert cfg.precision.quantize is None and cfg.bench.batch == [1]  # the quantize stage is off by default
+    assert cfg.precision.quantize is None and cfg.bench.batch is None  # quantize off; bench: the files' batch
     assert main(["run", "--print-config", "--quantize", "int8", "--fp16", "--batch", "1", "8"]) == 0
     cfg = RunConfig.from_toml(capsys.readouterr().out)
     assert cfg.precision.quantize == "int8" and cfg.precision.fp16 is True and cfg.bench.batch == [1, 8]

@@ -107,14 +107,12 @@ def at_batch(model: onnx.ModelProto, batch: int, *, where: str = "the model", se
     A model whose batch is already symbolic, or already `batch`, comes back unchanged.
 
     Raises:
-        InputError: the fixed batch does not divide `batch`, or it cannot be made symbolic (the
-            graph bakes it in elsewhere): re-export with a dynamic batch.
+        InputError: the batch cannot be made symbolic (the graph bakes it in elsewhere): re-export
+            with a dynamic batch.
     """
     fixed = fixed_batch(model)
     if fixed is None or fixed == batch:
         return model
-    if batch % fixed:
-        raise InputError(f"{where} is fixed at batch {fixed}, which does not divide batch {batch}")
     candidate = with_symbolic_batch(model)
     advice = (f"{where} is exported at a fixed batch of {fixed} that its graph uses beyond the input shape, so it "
               f"cannot be timed at batch {batch}; re-export it with a dynamic batch (`updp export --dynamic-batch`)")
@@ -125,8 +123,12 @@ def at_batch(model: onnx.ModelProto, batch: int, *, where: str = "the model", se
     except Exception as exc:  # ORT: a shape that no longer fits
         raise InputError(f"{advice} ({first_line(exc)})") from None
     ref_sess = make_session(model, opt_level="disable")
-    chunks = [ref_sess.run(None, {k: v[i:i + fixed] for k, v in feed.items()}) for i in range(0, batch, fixed)]
-    expected = [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+    # the original runs `fixed` samples at a time; the last chunk is filled up with other samples
+    # of the same feed, whose outputs are dropped
+    padded = {k: np.concatenate([v] * (-(-fixed // batch) + 1))[:batch + (-batch) % fixed] for k, v in feed.items()}
+    chunks = [ref_sess.run(None, {k: v[i:i + fixed] for k, v in padded.items()}) for i in range(0, len(
+        next(iter(padded.values()))), fixed)]
+    expected = [np.concatenate([c[k] for c in chunks])[:batch] for k in range(len(chunks[0]))]
     if any(np.asarray(g).shape != e.shape for g, e in zip(got, expected, strict=True)):
         raise InputError(f"{advice} (its outputs change shape)")
     rep = compare_outputs(expected, got, [o.name for o in ref_sess.get_outputs()])

@@ -144,7 +144,8 @@ def _search_post_init(self) -> None:
 
 
 def _bench_post_init(self) -> None:
-    self.batch = [int(b) for b in (self.batch if isinstance(self.batch, (list, tuple)) else [self.batch])]
+    if self.batch is not None:
+        self.batch = [int(b) for b in (self.batch if isinstance(self.batch, (list, tuple)) else [self.batch])]
     self.opt_levels = [str(v) for v in self.opt_levels]
     for level in [*self.opt_levels, self.profile_opt_level]:
         if level not in OPT_LEVELS:

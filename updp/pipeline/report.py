@@ -319,7 +319,7 @@ def _precision_section(run_dir: Path, cfg: RunConfig, results: dict, figures: di
     doc.append(("note", "Latency under ORT_ENABLE_ALL, all files in the same interleaved rounds (section Latency). "
                         "int8: ONNX Runtime static QDQ quantization of each float file"
                         + (f", calibrated on {calib}" if calib else "")
-                        + f"; refused when it loses more than {cfg.precision.max_accuracy_drop:g} points. float16: "
+                        + f"; refused when it loses more than {cfg.precision.max_accuracy_drop:.1f} points. float16: "
                         "verified against its float32 file with float16's tolerance."))
     return doc
 

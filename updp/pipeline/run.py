@@ -297,7 +297,7 @@ def format_headline(outcome: RunOutcome) -> str:
         if hl.get(f"speedup_{level}") is not None:
             b, p = hl[f"median_ms_{level}"]
             lines.append(f"  speedup under {name}: {hl[f'speedup_{level}']:.3f}x (median {b:.3f} -> {p:.3f} ms, "
-                         f"{outcome.config.bench.threads} threads, batch {outcome.config.bench.batch[0]})")
+                         f"{outcome.config.bench.threads} threads, batch {(outcome.config.bench.batch or [1])[0]})")
     if hl.get("max_abs_diff") is not None:
         lines.append(f"  merge verified: max abs diff {hl['max_abs_diff']:.1e} vs the unmerged export")
     return "\n".join(lines)

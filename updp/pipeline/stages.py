@@ -274,7 +274,7 @@ def _bench_inputs(ctx: StageContext):
 def _bench_run(ctx: StageContext, resume: bool) -> StageOutcome:
     bc = ctx.cfg.bench
     report = bench(bench_config(ctx.cfg, ctx.run_dir, _derived_files(ctx)))
-    psetup = LatencySetup(device=bc.device, threads=bc.threads, warmup=bc.warmup, batch=bc.batch[0],
+    psetup = LatencySetup(device=bc.device, threads=bc.threads, warmup=bc.warmup, batch=(bc.batch or [1])[0],
                           opt_level=bc.profile_opt_level)
     files = {k: _file(ctx, "export", k) for k in ("baseline", "pruned")}
     profiles = block_profiles(files, psetup, runs=bc.profile_runs)

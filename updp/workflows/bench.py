@@ -94,7 +94,7 @@ def bench(cfg: BenchConfig) -> BenchSweep:
         protos.append(proto)
     sweep = BenchSweep(reports=[])
     dynamic: dict[str, onnx.ModelProto] = {}  # files exported again with a symbolic batch
-    for b in cfg.batch:
+    for b in cfg.batch or [_own_batch(cfg.models, protos)]:
         models = []
         for name, path, proto in zip(names, cfg.models, protos, strict=True):
             fixed = fixed_batch(proto)
@@ -109,6 +109,15 @@ def bench(cfg: BenchConfig) -> BenchSweep:
     if cfg.save:
         sweep.to_json(cfg.save)
     return sweep
+
+
+def _own_batch(paths: list[str], protos: list[onnx.ModelProto]) -> int:
+    """The batch to time when none is asked for: the files' fixed batch, 1 when all are symbolic."""
+    fixed = {p: b for p, proto in zip(paths, protos, strict=True) if (b := fixed_batch(proto)) is not None}
+    if len(set(fixed.values())) > 1:
+        raise InputError("updp bench: the files are exported at different fixed batches ("
+                         + ", ".join(f"{p}: {b}" for p, b in fixed.items()) + "); give --batch")
+    return next(iter(fixed.values()), 1)
 
 
 def _at_batch(proto: onnx.ModelProto, batch: int, where: str, name: str, sweep: BenchSweep,

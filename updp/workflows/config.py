@@ -470,9 +470,10 @@ class BenchConfig:
     threads: int = option(DEFAULT_THREADS, help="ORT intra-op threads")
     opt_levels: list[str] = option(factory=lambda: ["disable", "all"], flag="--opt-level", nargs="+",
                                    choices=tuple(OPT_LEVELS), help="ORT graph optimization level(s)")
-    batch: list[int] = option(factory=lambda: [1], nargs="+",
-                              help="batch size(s), one table each; a file exported at a fixed batch is made to run "
-                                   "at the others and checked to compute the same per sample")
+    batch: list[int] | None = option(None, nargs="+",
+                                     help="batch size(s), one table each (default: the files' own fixed batch, 1 "
+                                          "for a symbolic one); a file exported at a fixed batch is made to run at "
+                                          "the others and checked to compute the same per sample")
     warmup: int = option(DEFAULT_WARMUP, help="untimed runs per session")
     repeats: int = option(DEFAULT_REPEATS, help="interleaved timed rounds")
     device: str = option("cpu", choices=ORT_DEVICES, help="ORT execution provider: cpu, cuda (onnxruntime-gpu), "
@@ -493,12 +494,13 @@ class BenchConfig:
             _choice(level, tuple(OPT_LEVELS), "--opt-level")
         _choice(self.device, ORT_DEVICES, "--device")
         _at_least(self.threads, 1, "--threads")
-        batches = self.batch if isinstance(self.batch, (list, tuple)) else [self.batch]
-        self.batch = [int(b) for b in batches]
-        if not self.batch or len(set(self.batch)) != len(self.batch):
-            raise InputError(f"--batch needs distinct batch sizes, got {self.batch}")
-        for b in self.batch:
-            _at_least(b, 1, "--batch")
+        if self.batch is not None:
+            batches = self.batch if isinstance(self.batch, (list, tuple)) else [self.batch]
+            self.batch = [int(b) for b in batches]
+            if not self.batch or len(set(self.batch)) != len(self.batch):
+                raise InputError(f"--batch needs distinct batch sizes, got {self.batch}")
+            for b in self.batch:
+                _at_least(b, 1, "--batch")
 
 
 @dataclass
