@@ -141,7 +141,7 @@ def _compare_floats(name: str, r: np.ndarray, o: np.ndarray, t: _Tally) -> None:
     t.per[name] = d
     if d > atol + rtol * m:
         t.failures.append(f"output {name!r}: max abs diff {d:.3g} exceeds {atol:g} + {rtol:g} x max|ref| {m:.3g} "
-                          f"({r.dtype})")
+                          f"({t.precision or r.dtype} tolerance)")
     t.max_diff, t.max_ref = max(t.max_diff, d), max(t.max_ref, m)
 
 
@@ -380,7 +380,7 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
     if raise_on_failure and not worst.passed:
         failed = [line for r in reports for line in r.failures]
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise VerificationError(f"optimized model differs from the reference: {failed[0]}{more}; "
+        raise VerificationError(f"{what} differs from the reference: {failed[0]}{more}; "
                                 "no output was written")
     return worst
 

@@ -174,3 +174,17 @@ def test_derived_paths_put_the_kind_before_the_suffix():
     assert derived_path("a/model.onnx", "int8") == Path("a/model.int8.onnx")
     assert derived_path("model", "fp16") == Path("model.fp16.onnx")
     assert issubclass(AccuracyDropError, Exception) and AccuracyDropError.exit_code == 4
+
+
+def test_fp16_file_that_misses_float16_tolerance_is_refused_and_nothing_is_written(tmp_path):
+    """A bias of 1e6 does not fit float16 (largest finite 65504): the converter clips it, the check
+    against the float32 file fails, and neither file is written."""
+    src = tmp_path / "src" / "big.onnx"
+    src.parent.mkdir()
+    onnx.save(_offset_linear_classifier(1e6), str(src))
+    out = tmp_path / "out" / "o.onnx"
+    out.parent.mkdir()
+    proc = _cli("optimize", str(src), "--out", str(out), "--fp16")
+    assert proc.returncode == 4, proc.stderr
+    assert "float16" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert list(out.parent.iterdir()) == []
