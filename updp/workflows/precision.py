@@ -117,6 +117,9 @@ class DerivedFile:
 
 
 def _calibration(model: onnx.ModelProto, opts: PrecisionOptions, data) -> tuple[list[dict], str]:
+    """Calibration inputs and where they came from. From data: images of the train split as the
+    model was trained on them (with its light augmentation: random crops), never the val split the
+    accuracy is then measured on."""
     if opts.calib == "random" or data is None:
         return generate_feeds(model, trials=RANDOM_CALIBRATION_RUNS, seed=0), RANDOM_CALIBRATION
     feeds = calibration_feeds_from_data(model, data.train, images=opts.calib_images, seed=opts.calib_seed)
