@@ -153,6 +153,8 @@ def test_fp16_file_can_keep_float32_inputs_and_outputs(tmp_path, offset_classifi
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"fp16_keep_io": True}, "--fp16-keep-io applies to --fp16"),
     ({"calib": "random"}, "--calib applies to --quantize"),
+    ({"per_channel": False}, "--per-tensor applies to --quantize"),
+    ({"data": "digits"}, "updp eval FILE --data SPEC"),
     ({"quantize": "int8", "calib_method": "kl"}, "--calib-method must be one of"),
     ({"quantize": "int8", "data": "digits", "keep_float": "Soft-max"}, "--keep-float expects ONNX operator types"),
     ({"quantize": "int8", "data": "digits", "max_accuracy_drop": -1}, "--max-accuracy-drop must be >= 0"),
@@ -164,7 +166,8 @@ def test_precision_options_are_checked(kwargs, message):
 
 def test_keep_float_takes_commas_lists_or_none():
     def kept(value):
-        return OptimizeConfig(input="m.onnx", out="o.onnx", keep_float=value).keep_float
+        cfg = OptimizeConfig(input="m.onnx", out="o.onnx", quantize="int8", calib="random", keep_float=value)
+        return cfg.keep_float
 
     assert kept("Softmax, LayerNormalization,Softmax") == ("Softmax", "LayerNormalization")
     assert kept(["Gelu"]) == ("Gelu",) and kept("none") == ()

@@ -433,7 +433,9 @@ def export_configs(cfg: RunConfig, run_dir: Path) -> dict[str, ExportConfig]:
 
 def precision_config(cfg: RunConfig) -> PrecisionOptions:
     """Stage `quantize` as the precision options of `updp export` (the data is the run's)."""
-    return PrecisionOptions(data=cfg.data.spec, split_seed=cfg.data.split_seed, **asdict(cfg.precision))
+    on = cfg.precision.quantize is not None or cfg.precision.fp16
+    return PrecisionOptions(data=cfg.data.spec if on else None, split_seed=cfg.data.split_seed,
+                            **asdict(cfg.precision))
 
 
 def bench_config(cfg: RunConfig, run_dir: Path, derived: dict[str, Path] | None = None) -> BenchConfig:

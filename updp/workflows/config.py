@@ -324,6 +324,8 @@ DEFAULT_KEEP_FLOAT = ("LayerNormalization", "Softmax")
 # The largest val-accuracy drop (points) an int8 file may show against its float file before the
 # export refuses to write it.
 DEFAULT_MAX_ACCURACY_DROP = 1.0
+# The options that only the int8 file reads.
+INT8_ONLY = ("calib", "calib_method", "calib_images", "calib_seed", "per_channel", "keep_float", "max_accuracy_drop")
 
 
 def parse_op_types(value: Any) -> tuple[str, ...]:
@@ -379,8 +381,14 @@ class PrecisionOptions:
         _at_least(self.max_accuracy_drop, 0, "--max-accuracy-drop")
         if self.fp16_keep_io and not self.fp16:
             raise InputError("--fp16-keep-io applies to --fp16 only")
-        if self.quantize is None and self.calib != "data":
-            raise InputError("--calib applies to --quantize int8 only")
+        if self.quantize is None:
+            for f in dataclasses.fields(PrecisionOptions):
+                if f.name in INT8_ONLY and getattr(self, f.name) != field_default(PrecisionOptions, f.name):
+                    flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+                    raise InputError(f"{flag} applies to --quantize int8 only")
+        if self.data and not self.writes_derived_files:
+            raise InputError("--data calibrates and checks the int8/fp16 files (--quantize int8, --fp16); for "
+                             "the float file's accuracy use `updp eval FILE --data SPEC`")
         if self.quantize is not None and self.calib == "data" and not self.data:
             raise InputError("--quantize int8 needs calibration images: give --data SPEC (its train split is used), "
                              "or --calib random for a latency what-if (accuracy not measured)")
