@@ -83,7 +83,12 @@ def test_export_writes_float_int8_and_fp16_files_with_their_measurements(tmp_pat
     record = json.loads(int8_meta["updp.quantization"])
     assert record["calibration"].startswith("digits train split, 32 images") and record["method"] == "minmax"
     assert kinds["int8"].verified is False and kinds["fp16"].verified is True
-    assert json.loads(_meta(fp16)["updp.precision"])["io"] == "float16"
+    fp16_meta = _meta(fp16)
+    half_record = json.loads(fp16_meta["updp.precision"])
+    assert half_record["io"] == "float16" and half_record["verified_max_abs_diff"] == kinds["fp16"].difference[
+        "max_abs_diff"]
+    assert "updp.verified_max_abs_diff" not in fp16_meta  # that record is the float merge's, handed down
+    assert float(fp16_meta["updp.verified_max_abs_diff_of_float_model"]) == res.max_abs_diff
 
     # the accuracies reported are those of the files on disk, measured again here
     data = get_datasets("digits", (32, 32))

@@ -23,6 +23,7 @@ import onnx
 from onnxconverter_common import float16
 
 from updp.core.errors import UnsupportedError
+from updp.exporter.torch_export import get_metadata, hand_down_verification, set_metadata
 from updp.ort import first_line
 from updp.verify import EquivalenceReport, check_equivalence
 
@@ -41,17 +42,22 @@ def convert_fp16(model: onnx.ModelProto, *, keep_io_types: bool = True) -> onnx.
             half = float16.convert_float_to_float16(model, keep_io_types=keep_io_types)
     except Exception as e:  # the converter raises whatever it hits
         raise UnsupportedError(f"float16 conversion failed: {first_line(e)}") from None
-    entry = half.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps({"compute": "float16", "io": "float32" if keep_io_types
-                                                      else "float16", "converter": "onnxconverter-common"})
+    hand_down_verification(half)
+    set_metadata(half, {METADATA_KEY: {"compute": "float16", "io": "float32" if keep_io_types else "float16",
+                                       "converter": "onnxconverter-common"}})
     return half
 
 
 def verify_fp16(reference: onnx.ModelProto, half: onnx.ModelProto, *, feeds: list[dict] | None = None
                 ) -> EquivalenceReport:
     """Check the float16 file against its float32 source with float16's tolerance (raises
-    `VerificationError` naming the output that is off)."""
-    return check_equivalence(reference, half, feeds=feeds, precision="float16", what="the float16 model")
+    `VerificationError` naming the output that is off), and record the result in its
+    `updp.precision` metadata."""
+    rep = check_equivalence(reference, half, feeds=feeds, precision="float16", what="the float16 model")
+    record = json.loads(get_metadata(half).get(METADATA_KEY, "{}"))
+    set_metadata(half, {METADATA_KEY: {**record, "verified_max_abs_diff": rep.max_abs_diff,
+                                       "verified_rel_diff": rep.rel_diff, "tolerance": "float16"}})
+    return rep
 
 
 __all__ = ["METADATA_KEY", "convert_fp16", "verify_fp16"]

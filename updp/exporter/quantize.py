@@ -45,6 +45,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from updp.core.errors import InputError, UnsupportedError
 from updp.core.io import scratch_dir
+from updp.exporter.torch_export import hand_down_verification
 from updp.feeds import graph_inputs
 from updp.ort import first_line, make_session, model_file
 
@@ -55,7 +56,6 @@ METADATA_KEY = "updp.quantization"
 RANDOM_CALIBRATION = "random"
 ENTROPY_HISTOGRAM_BINS = 2048  # histogram bins of the Entropy calibration (see `_entropy_histogram_bins`)
 MAX_UNRUNNABLE = 8  # nodes re-kept in float because ORT's int8 kernel refused them, before giving up
-VERIFIED_KEY = "updp.verified_max_abs_diff"  # written by the export of a verified merge
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,7 @@ def quantize_int8(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]
     result = QuantizeResult(model=qmodel, settings=settings, calibration=calibration, calibration_inputs=len(feeds),
                             kept_float=exclude + unrunnable, unrunnable_in_int8=unrunnable,
                             quantized_nodes=quantized)
-    _mark_not_verified_equal(qmodel)
+    hand_down_verification(qmodel)
     entry = qmodel.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(result.record(), sort_keys=True)
     return result
@@ -222,14 +222,6 @@ def _node_ort_cannot_run(model: onnx.ModelProto, feed: dict[str, np.ndarray]) ->
         # ORT names a fused node after the original one it replaced
         return m.group(1)
     return None
-
-
-def _mark_not_verified_equal(model: onnx.ModelProto) -> None:
-    """The float file's record of its verified merge does not hold for the int8 file: keep it under a
-    name that says whose it is."""
-    for entry in model.metadata_props:
-        if entry.key == VERIFIED_KEY:
-            entry.key = f"{VERIFIED_KEY}_of_float_model"
 
 
 def output_difference(reference: onnx.ModelProto, quantized: onnx.ModelProto,

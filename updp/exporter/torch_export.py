@@ -177,6 +177,17 @@ def set_metadata(model: onnx.ModelProto, props: dict[str, object]) -> None:
             entry.key, entry.value = key, text
 
 
+VERIFIED_KEY = "updp.verified_max_abs_diff"  # the export's record of its verified merge
+
+
+def hand_down_verification(model: onnx.ModelProto) -> None:
+    """In a file made from a verified export (its int8 or float16 version), the export's record of
+    its verified merge is kept under a name that says whose it is: `..._of_float_model`."""
+    for entry in model.metadata_props:
+        if entry.key == VERIFIED_KEY:
+            entry.key = f"{VERIFIED_KEY}_of_float_model"
+
+
 def get_metadata(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
