@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,16 +62,15 @@ class ExportResult:
     seconds: float
     decisions: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
-    # Files made from this one (int8, float16: `updp.workflows.precision.DerivedFile`), each with
-    # its own `to_dict` and `format_summary`.
+    # Files made from this one (int8, float16: `updp.workflows.precision.DerivedFile` dataclasses,
+    # each with its own `format_summary`).
     derived: list = field(default_factory=list)
     # The written (or, with out=None, to be written) model; not part of the JSON result.
     onnx_model: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if k not in ("onnx_model", "derived")}
-        d = asdict(type(self)(**d))
-        d["derived"] = [f.to_dict() for f in self.derived]
+        d = asdict(replace(self, onnx_model=None))
+        del d["onnx_model"]
         return d
 
     def format_summary(self) -> str:

@@ -111,9 +111,7 @@ class OptimizedFile:
     derived: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        d = asdict(type(self)(**{k: v for k, v in vars(self).items() if k != "derived"}))
-        d["derived"] = [f.to_dict() for f in self.derived]
-        return d
+        return asdict(self)
 
     def format_summary(self) -> str:
         lines = [f"wrote {self.out}", f"  nodes {self.nodes_before} -> {self.nodes_after}"]

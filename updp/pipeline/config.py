@@ -61,6 +61,7 @@ from updp.workflows.config import (
     TrainConfig,
     field_default,
     option,
+    parse_batches,
     parse_op_types,
 )
 
@@ -144,8 +145,7 @@ def _search_post_init(self) -> None:
 
 
 def _bench_post_init(self) -> None:
-    if self.batch is not None:
-        self.batch = [int(b) for b in (self.batch if isinstance(self.batch, (list, tuple)) else [self.batch])]
+    self.batch = parse_batches(self.batch, "bench.batch")
     self.opt_levels = [str(v) for v in self.opt_levels]
     for level in [*self.opt_levels, self.profile_opt_level]:
         if level not in OPT_LEVELS:
@@ -433,7 +433,7 @@ def export_configs(cfg: RunConfig, run_dir: Path) -> dict[str, ExportConfig]:
 
 def precision_config(cfg: RunConfig) -> PrecisionOptions:
     """Stage `quantize` as the precision options of `updp export` (the data is the run's)."""
-    on = cfg.precision.quantize is not None or cfg.precision.fp16
+    on = cfg.precision.quantize is not None or cfg.precision.fp16  # PrecisionOptions refuses --data otherwise
     return PrecisionOptions(data=cfg.data.spec if on else None, split_seed=cfg.data.split_seed,
                             **asdict(cfg.precision))
 

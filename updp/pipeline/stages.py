@@ -29,7 +29,7 @@ from typing import Any
 
 from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
-from updp.exporter.torch_export import save_model, versions
+from updp.exporter.torch_export import versions
 from updp.latency.runner import LatencySetup
 from updp.ort import load_onnx
 from updp.pipeline.config import (
@@ -49,7 +49,7 @@ from updp.workflows.bench import bench, block_profiles
 from updp.workflows.config import EvalConfig
 from updp.workflows.evaluate import evaluate
 from updp.workflows.export import export
-from updp.workflows.precision import derive_files
+from updp.workflows.precision import derive_files, write_derived
 from updp.workflows.prune import prune
 from updp.workflows.search import manual_plan, run_search
 from updp.workflows.train import train
@@ -248,8 +248,7 @@ def _quantize_run(ctx: StageContext, resume: bool) -> StageOutcome:
     outputs, result = {}, {"enabled": True}
     ctx.path("quantize", "").mkdir(parents=True, exist_ok=True)
     for key, items in made.items():
-        for item, model in items:
-            save_model(model, item.out)
+        for item in write_derived(items):
             outputs[f"{key}.{item.kind}"] = Path(item.out)
             result[f"{key}.{item.kind}"] = item.to_dict()
     parts = [f"{k} {100 * result[k]['accuracy']:.2f} %" for k in outputs if result[k]["accuracy"] is not None]

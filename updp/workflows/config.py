@@ -103,6 +103,18 @@ def _input_size(value: Any, what: str) -> tuple[int, int] | None:
     return size[0], size[1]
 
 
+def parse_batches(value: Any, what: str = "--batch") -> list[int] | None:
+    """A batch size or a list of distinct ones (None stays None: the files' own batch)."""
+    if value is None:
+        return None
+    batches = [int(b) for b in (value if isinstance(value, (list, tuple)) else [value])]
+    if not batches or len(set(batches)) != len(batches):
+        raise InputError(f"{what} needs distinct batch sizes, got {batches}")
+    for b in batches:
+        _at_least(b, 1, what)
+    return batches
+
+
 def _blocks(value: Any, what: str) -> list[int] | None:
     if value is None:
         return None
@@ -502,13 +514,7 @@ class BenchConfig:
             _choice(level, tuple(OPT_LEVELS), "--opt-level")
         _choice(self.device, ORT_DEVICES, "--device")
         _at_least(self.threads, 1, "--threads")
-        if self.batch is not None:
-            batches = self.batch if isinstance(self.batch, (list, tuple)) else [self.batch]
-            self.batch = [int(b) for b in batches]
-            if not self.batch or len(set(self.batch)) != len(self.batch):
-                raise InputError(f"--batch needs distinct batch sizes, got {self.batch}")
-            for b in self.batch:
-                _at_least(b, 1, "--batch")
+        self.batch = parse_batches(self.batch)
 
 
 @dataclass
@@ -529,4 +535,4 @@ WORKFLOW_CONFIGS: dict[str, type] = {
 
 __all__ = ["BenchConfig", "BlocksConfig", "DemoConfig", "EvalConfig", "ExportConfig", "OptimizeConfig", "PruneConfig",
            "SearchConfig", "TrainConfig", "TrainingRunOptions", "WORKFLOW_CONFIGS", "field_default", "option",
-           "PrecisionOptions", "ordered_fields", "parse_op_types", "pick"]
+           "PrecisionOptions", "ordered_fields", "parse_batches", "parse_op_types", "pick"]

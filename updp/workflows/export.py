@@ -27,7 +27,7 @@ from updp.exporter.torch_export import save_model
 from updp.models.checkpoint import read_checkpoint
 from updp.models.zoo import check_input_size, create_model, normalize_record, same_model
 from updp.workflows.config import ExportConfig
-from updp.workflows.precision import derive_files, derived_paths
+from updp.workflows.precision import derive_files, derived_paths, write_derived
 from updp.workflows.resolve import load_model
 
 
@@ -111,9 +111,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     made = derive_files(result.onnx_model, cfg.out, cfg, where=cfg.out)
     save_model(result.onnx_model, cfg.out)
     result.out = str(cfg.out)
-    for item, model in made:
-        save_model(model, item.out)
-        result.derived.append(item)
+    result.derived = write_derived(made)
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -36,6 +36,7 @@ from updp.exporter.quantize import (
     output_difference,
     quantize_int8,
 )
+from updp.exporter.torch_export import save_model
 from updp.feeds import generate_feeds
 from updp.workflows.config import PrecisionOptions
 from updp.workflows.evaluate import onnx_input_size
@@ -174,6 +175,13 @@ def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions
     return made
 
 
+def write_derived(made: list[tuple[DerivedFile, onnx.ModelProto]]) -> list[DerivedFile]:
+    """Write each file `derive_files` made (atomically, one by one) and return what was measured."""
+    for item, model in made:
+        save_model(model, item.out)
+    return [item for item, _ in made]
+
+
 def _measure_accuracy(item: DerivedFile, model: onnx.ModelProto, data, float_acc: dict) -> None:
     acc = onnx_accuracy(model, data.val, num_classes=data.num_classes)
     item.accuracy, item.float_accuracy, item.n = acc["acc"], float_acc["acc"], acc["n"]
@@ -182,4 +190,4 @@ def _measure_accuracy(item: DerivedFile, model: onnx.ModelProto, data, float_acc
 
 
 __all__ = ["AccuracyDropError", "DerivedFile", "RANDOM_CALIBRATION_RUNS", "derive_files", "derived_path",
-           "derived_paths"]
+           "derived_paths", "write_derived"]
