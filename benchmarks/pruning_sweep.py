@@ -26,7 +26,9 @@ the accuracy right after conversion (before training); the accuracy per epoch; a
 of the merged UPDP model and of the dropped one at each P (ORT_ENABLE_ALL, 2 threads, interleaved).
 
 Every finished run is cached (`<work>/cache/*.json`), so a killed sweep resumes; `--report` only
-reads the cache. A work folder belongs to the recipes it was filled with (`<model>_recipe.json`):
+reads the cache and trains nothing. DeiT's recipe trains with bf16 autocast, which pays only where
+bfloat16 is native (AVX512-BF16/AMX, recent GPUs): elsewhere the sweep refuses to train it.
+A work folder belongs to the recipes it was filled with (`<model>_recipe.json`):
 change a recipe in `MODELS` and the sweep refuses the old folder. Figures go to `docs/figures/`
 (matplotlib, in the `report` extra).
 
@@ -85,6 +87,25 @@ def check_recipe(name: str, work: Path) -> None:
     write_text_atomic(path, recipe_of(name))
 
 
+def check_bf16(name: str) -> None:
+    """A recipe trained in bf16 is refused where bfloat16 is emulated (many times slower than float32).
+
+    Its cached runs were trained with bf16 autocast; running the rest in float32 would mix two
+    recipes in one table, so the rest has to wait for a CPU (or GPU) with native bfloat16.
+    """
+    if "bf16" not in (MODELS[name]["train"].get("amp"), MODELS[name]["prune"].get("amp")):
+        return
+    import torch
+
+    from updp.training.device import cpu_capability, native_bfloat16, resolve_device
+
+    if not native_bfloat16(resolve_device()):
+        raise SystemExit(f"{name}: its recipe trains with bf16 autocast, and this machine ({cpu_capability()}) has "
+                         "no native bfloat16 (a DeiT-tiny step: 35 s emulated vs 1.45 s float32 on an AVX2 CPU); "
+                         "run it on a CPU with AVX512-BF16/AMX or a GPU, or use --report for the cached runs "
+                         f"(torch {torch.__version__})")
+
+
 def baseline(name: str, work: Path) -> Path:
     cfg = MODELS[name]
     check_recipe(name, work)
@@ -99,11 +120,19 @@ def baseline(name: str, work: Path) -> Path:
     return out
 
 
-def block_ranking(name: str, base: Path, work: Path) -> list[int]:
-    """The droppable prunable blocks, largest estimated saving first (ties to later blocks)."""
+def block_ranking(name: str, base: Path | None, work: Path) -> list[int]:
+    """The droppable prunable blocks, largest estimated saving first (ties to later blocks).
+
+    Without a baseline (`--report`), the ranking the work folder or the last results file recorded.
+    """
     path = work / f"{name}_ranking.json"
     if path.exists():
         return json.loads(path.read_text())
+    if base is None:
+        previous = RESULTS / f"pruning_sweep_{name}.json"
+        if not previous.exists():
+            raise SystemExit(f"{name}: no block ranking in {work} or {previous}; run the sweep without --report")
+        return json.loads(previous.read_text())["blocks_ranked"]
     from updp.blocks.discover import find_blocks
     from updp.exporter.selection import estimate_block_savings, rank_by_saving
     from updp.workflows.resolve import load_baseline
@@ -118,16 +147,30 @@ def block_ranking(name: str, base: Path, work: Path) -> list[int]:
     return ranked
 
 
+def cached_baseline_acc(name: str, work: Path) -> float | None:
+    """The baseline accuracy the cached runs of `name` were pruned from (None: nothing cached)."""
+    for path in sorted((work / "cache").glob(f"{name}_P*.json")):
+        return json.loads(path.read_text())["baseline_acc"]
+    return None
+
+
 def run_one(name: str, base: Path, blocks: list[int], budget: int, method: str, seed: int, work: Path) -> dict:
     key = f"{name}_P{len(blocks)}_e{budget}_{method}_s{seed}"
     cached = work / "cache" / f"{key}.json"
     if cached.exists():
         return json.loads(cached.read_text())
+    # Runs restored into a fresh work folder must come from the same baseline: one trained again
+    # elsewhere (other CPU kernels, another torch) can differ, and then its runs do not pair.
+    expected = cached_baseline_acc(name, work)
     out = work / "ckpt" / f"{key}.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = updp.prune(str(base), blocks=blocks, data=DATA, epochs=budget, seed=seed, out=str(out), progress=False,
                      **MODELS[name]["prune"], **METHODS[method])
+    if expected is not None and res.baseline["acc"] != expected:
+        raise SystemExit(f"{key}: the baseline in {base} scores {100 * res.baseline['acc']:.2f} %, the cached runs' "
+                         f"{100 * expected:.2f} %: not the baseline they were pruned from (trained again on another "
+                         "machine?); move the cache away or restore that baseline")
     record = {"key": key, "model": name, "P": len(blocks), "blocks": blocks, "budget": budget, "method": method,
               "seed": seed, "baseline_acc": res.baseline["acc"], "at_start_acc": res.at_start["acc"],
               "final_acc": res.train.val_acc, "epochs_val_acc": [h["val_acc"] for h in res.train.history],
@@ -147,12 +190,13 @@ def summarize(records: list[dict], budgets: list[int], ps: list[int], seeds: int
         for method in METHODS:
             pooled_diffs = []
             for p in ps:
-                runs = [by.get((b, p, method, s)) for s in range(seeds)]
-                if any(r is None for r in runs):
+                # A cell of fewer seeds than asked (a sweep not finished) is kept and marked with its n.
+                runs = [r for r in (by.get((b, p, method, s)) for s in range(seeds)) if r is not None]
+                if not runs:
                     continue
-                ref = [by.get((b, p, "updp", s)) for s in range(seeds)]
+                ref = [by.get((b, p, "updp", r["seed"])) for r in runs]
                 accs = [r["final_acc"] for r in runs]
-                cell = {"acc": mean_std(accs), "values": accs,
+                cell = {"acc": mean_std(accs), "values": accs, "seeds": [r["seed"] for r in runs],
                         "at_start": mean_std([r["at_start_acc"] for r in runs]),
                         "epochs": [mean_std(list(col))[0] for col in zip(*[r["epochs_val_acc"] for r in runs])],
                         "seconds": statistics.fmean(r["seconds"] for r in runs)}
@@ -201,11 +245,12 @@ def _p(v: float | None) -> str:
     return "–" if v is None or math.isnan(v) else f"{v:.3f}"
 
 
-def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float, speed: dict | None) -> str:
+def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float, speed: dict | None,
+             seeds: int) -> str:
     cells, lines = summary["cells"], []
     lines.append(f"**{MODELS[name]['model']}** on mnist5k (32×32), baseline val acc {100 * base_acc:.2f} %; "
-                 "val accuracy (%) mean ± std over 3 seeds, Δ = method − UPDP (same seed and blocks), p = paired "
-                 "t-test.\n")
+                 f"val accuracy (%) mean ± std over {seeds} seeds ([n=k]: a cell with k of them so far), "
+                 "Δ = method − UPDP (same seed and blocks), p = paired t-test.\n")
     for b in budgets:
         lines.append(f"*{b} epoch{'s' if b > 1 else ''} of pruning:*\n")
         lines.append("| method | " + " | ".join(f"P = {p}" for p in ps) + " | pooled Δ (p) |")
@@ -217,7 +262,7 @@ def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_a
                 if c is None:
                     row.append("")
                     continue
-                text = _fmt(c["acc"])
+                text = _fmt(c["acc"]) + ("" if len(c["values"]) == seeds else f" [n={len(c['values'])}]")
                 if "vs_updp" in c:
                     d = c["vs_updp"]
                     text += f" (Δ {100 * d['mean']:+.2f}, p {_p(d['p'])})"
@@ -257,7 +302,7 @@ def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_a
     return "\n".join(lines)
 
 
-def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float) -> Path | None:
+def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float, seeds: int) -> Path | None:
     try:
         import matplotlib
 
@@ -276,11 +321,14 @@ def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc
                 ax.errorbar(x, [100 * a[0] for _, a in pts], yerr=[100 * a[1] for _, a in pts], marker="o",
                             capsize=3, label=method)
         ax.axhline(100 * base_acc, color="grey", ls="--", lw=1, label="baseline")
-        ax.set_title(f"{name}: {b} epoch{'s' if b > 1 else ''} of pruning")
+        short = sorted({f"P{p} {m}" for m in METHODS for p in ps
+                        if len(summary["cells"].get(f"e{b}_P{p}_{m}", {"values": [0] * seeds})["values"]) < seeds})
+        ax.set_title(f"{name}: {b} epoch{'s' if b > 1 else ''} of pruning"
+                     + (f"\n(fewer than {seeds} seeds: {', '.join(short)})" if short else ""), fontsize=9)
         ax.set_xlabel("pruned blocks P")
         ax.set_xticks(ps)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("val accuracy (%), mean ± std of 3 seeds")
+    axes[0][0].set_ylabel(f"val accuracy (%), mean ± std of {seeds} seeds")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     path = ROOT / "docs" / "figures" / f"sweep_{name}.svg"
@@ -299,7 +347,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=100, help="interleaved latency rounds")
     ap.add_argument("--no-latency", action="store_true", help="skip the ORT speedups")
-    ap.add_argument("--report", action="store_true", help="only tables and figures from the cache")
+    ap.add_argument("--report", action="store_true",
+                    help="only tables and figures from the cache (nothing trained; the last results' speedups kept)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "pruning_sweep"))
     args = ap.parse_args()
     setup_logging()
@@ -308,7 +357,11 @@ def main() -> None:
     t0 = time.perf_counter()
     for name in args.models:
         ps = args.P or MODELS[name]["P"]
-        base = baseline(name, work)
+        if args.report:  # the cache alone: nothing is trained
+            base = None
+        else:
+            check_bf16(name)
+            base = baseline(name, work)
         ranking = block_ranking(name, base, work)
         records = []
         for budget in args.budgets:
@@ -326,15 +379,15 @@ def main() -> None:
         summary = summarize(records, args.budgets, ps, args.seeds)
         base_acc = records[0]["baseline_acc"]
         speed = None
-        if not args.no_latency:
+        if not (args.no_latency or args.report):
             speed = speedups(name, base, records, ps, max(args.budgets), work, args.repeats)
             print(speed["table"])
         else:  # keep the speedups an earlier (quiet) run measured
             previous = RESULTS / f"pruning_sweep_{name}.json"
             speed = json.loads(previous.read_text()).get("speed") if previous.exists() else None
-        text = markdown(name, summary, args.budgets, ps, base_acc, speed)
+        text = markdown(name, summary, args.budgets, ps, base_acc, speed, args.seeds)
         print(text)
-        fig = figure(name, summary, args.budgets, ps, base_acc)
+        fig = figure(name, summary, args.budgets, ps, base_acc, args.seeds)
         path = save_json(f"pruning_sweep_{name}.json", {
             "model": MODELS[name], "blocks_ranked": ranking, "budgets": args.budgets, "P": ps, "seeds": args.seeds,
             "baseline_acc": base_acc, "summary": summary, "speed": speed, "records": records,

@@ -227,6 +227,28 @@ def test_amp_bf16_autocasts_training_forwards_only(tmp_path, digits):
         _cfg(tmp_path, "x", epochs=1, amp="fp8")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_bf16_warns_where_bfloat16_is_emulated(tmp_path, digits, monkeypatch, caplog, native):
+    """bf16 autocast on a device without native bfloat16 is many times slower: say so, once, at start."""
+    import updp.training.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bfloat16", lambda device: native)
+    with caplog.at_level("WARNING", logger="updp.training.trainer"):
+        Trainer(_model()[0], digits, _cfg(tmp_path, "x.pt", epochs=1, amp="bf16", kd_alpha=0.0))
+        Trainer(_model()[0], digits, _cfg(tmp_path, "y.pt", epochs=1, amp="off", kd_alpha=0.0))
+    warned = [r.getMessage() for r in caplog.records if "no native bfloat16" in r.getMessage()]
+    assert len(warned) == (0 if native else 1)
+    if warned:
+        assert "amp 'off'" in warned[0] and "this CPU (" in warned[0]
+
+
+def test_native_bfloat16_matches_what_torch_reports():
+    from updp.training.device import native_bfloat16
+
+    assert native_bfloat16(torch.device("cpu")) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert native_bfloat16(torch.device("meta")) is False
+
+
 def test_create_for_data_seeds_the_init_without_touching_the_global_rng(digits):
     """Two runs with one seed start from the same weights, whatever the process's RNG state was.
 

@@ -34,3 +34,22 @@ def fast_cpu_math() -> None:
     """
     torch.set_flush_denormal(True)
 
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware, so that bf16 autocast is worth it.
+
+    Why: on a CPU without AVX512-BF16/AMX, oneDNN emulates bfloat16 and autocast makes training
+    far slower, not faster: a DeiT-tiny step at 32×32 (batch 64, 2 cores) took 35 s in bf16 on an
+    AVX2 CPU against 1.45 s in float32, while an AVX512-BF16 CPU ran it 1.45× faster than float32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def cpu_capability() -> str:
+    """The widest vector ISA torch's CPU kernels use here ('AVX512', 'AVX2', 'DEFAULT', ...)."""
+    return torch.backends.cpu.get_cpu_capability()
