@@ -159,3 +159,25 @@ def test_errors():
         I.add_identity_to_matmul(r(3, 4))
     with pytest.raises(ValueError):
         I.conv2d_ref(r(3, 4, 4), r(4, 2, 1, 1), groups=2)
+
+
+@pytest.mark.parametrize("k,stride,pads,hw", [
+    (7, 1, (3, 3, 3, 3), (1, 1)), (7, 1, (3, 3, 3, 3), (2, 2)), (7, 1, (3, 3, 3, 3), (4, 4)),
+    (3, 1, (1, 1, 1, 1), (3, 5)), (3, 2, (0, 1, 2, 1), (4, 4)), (5, 1, (2, 1, 2, 3), (2, 3))])
+def test_depthwise_conv_as_matrices_is_the_conv(k, stride, pads, hw):
+    c = 3
+    x, W = r(2, c, *hw), r(c, 1, k, k)
+    M = I.depthwise_conv_as_matrices(W, stride, pads, hw)
+    ref = I.conv2d_ref(x, W, None, stride, pads, groups=c)
+    got = np.einsum("cmn,bcn->bcm", M, x.reshape(2, c, -1)).reshape(ref.shape)
+    assert np.abs(got - ref).max() < TOL
+    assert np.abs(ref[0] - naive_conv(x[0], W, None, stride, pads, c)).max() < TOL
+
+
+def test_conv_tap_index_on_a_map_smaller_than_the_kernel():
+    """A 7×7 same conv on a 1×1 map reads its centre tap only; on 2×2 the 3×3 around the centre."""
+    assert I.conv_tap_index(7, 1, 3, (1, 1)).tolist() == [[24]]
+    used = set(I.conv_tap_index(7, 1, 3, (2, 2)).ravel().tolist()) - {49}
+    assert used == {ty * 7 + tx for ty in (2, 3, 4) for tx in (2, 3, 4)}
+    with pytest.raises(ValueError, match="one input channel"):
+        I.depthwise_conv_as_matrices(r(4, 2, 3, 3), 1, 1, (2, 2))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from updp.core.distributed import all_reduce_sums, group_info
 from updp.core.errors import InputError
-from updp.models.memory_format import fast_memory_format
+from updp.models.fast_compute import fast_compute
 from updp.ort import load_onnx, make_session
 
 
@@ -50,7 +50,7 @@ def module_accuracy(model: nn.Module, dataset_or_loader: Dataset | DataLoader, *
     correct = loss_sum = 0.0
     n = 0
     try:
-        with fast_memory_format(model):
+        with fast_compute(model):
             for x, y in loader:
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 logits = model(x)

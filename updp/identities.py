@@ -27,7 +27,9 @@ __all__ = [
     "conv2d_ref",
     "conv_bias_field",
     "conv_output_size",
+    "conv_tap_index",
     "dense_kernel",
+    "depthwise_conv_as_matrices",
     "fold_affine_after_conv",
     "fold_affine_after_matmul",
     "fold_affine_before_conv",
@@ -107,6 +109,52 @@ def conv2d_ref(
     if b is not None:
         out += b.reshape(1, o, 1, 1)
     return out[0] if squeeze else out
+
+
+def conv_tap_index(kernel_hw, stride, pads, in_hw) -> np.ndarray:
+    """Which kernel tap links each output position to each input position of one channel.
+
+    A convolution on a fixed H×W map is a linear map from the H·W inputs to the Ho·Wo outputs of a
+    channel: entry (o, i) is the tap `ty·kW + tx` that reads input i for output o, or `kH·kW`
+    (read as zero) where none does (padding, or taps out of reach). On maps smaller than the kernel
+    most taps only ever read padding, which is why the matrix form is cheaper there.
+
+    Returns:
+        (Ho·Wo, H·W) int64, row-major positions.
+    """
+    kh, kw = _pair(kernel_hw)
+    sh, sw = _pair(stride)
+    pt, pl, pb, pr = _pads4(pads)
+    h, w = _pair(in_hw)
+    ho, wo = conv_output_size(h, kh, sh, pt, pb), conv_output_size(w, kw, sw, pl, pr)
+    index = np.full((ho * wo, h * w), kh * kw, dtype=np.int64)
+    for oy in range(ho):
+        for ty in range(kh):
+            iy = oy * sh + ty - pt
+            if not 0 <= iy < h:
+                continue
+            for ox in range(wo):
+                for tx in range(kw):
+                    ix = ox * sw + tx - pl
+                    if 0 <= ix < w:
+                        index[oy * wo + ox, iy * w + ix] = ty * kw + tx
+    return index
+
+
+def depthwise_conv_as_matrices(W: np.ndarray, stride, pads, in_hw) -> np.ndarray:
+    """A depthwise conv on an H×W map as one matrix per channel: `y_c = M_c @ x_c` (flattened maps).
+
+    Args:
+        W: (C, 1, kH, kW), one filter per channel (groups = C).
+
+    Returns:
+        M: (C, Ho·Wo, H·W).
+    """
+    c, one, kh, kw = W.shape
+    if one != 1:
+        raise ValueError(f"a depthwise kernel has one input channel per group, W is {W.shape}")
+    taps = np.concatenate([W.reshape(c, kh * kw), np.zeros((c, 1), W.dtype)], axis=1)
+    return taps[:, conv_tap_index((kh, kw), stride, pads, in_hw)]
 
 
 def conv_bias_field(field_in: np.ndarray, W: np.ndarray, stride=1, pads=0, groups: int = 1) -> np.ndarray:

@@ -22,7 +22,7 @@ from updp.blocks.discover import BlockInfo, recognized_blocks
 from updp.blocks.modules import ChannelBatchNorm, LambdaModule, check_lam
 from updp.blocks.registry import PrunedBlock, get_handler
 from updp.core.errors import InputError, UnsupportedError
-from updp.models.memory_format import fast_memory_format
+from updp.models.fast_compute import fast_compute
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def calibrate_bn(model: nn.Module, batches: Iterable[Any], *, which: str = "prun
             bn.momentum = None
             bn.train()
         p = next(model.parameters())
-        with fast_memory_format(model):
+        with fast_compute(model):
             for batch in batches:
                 if max_batches is not None and n >= max_batches:
                     break

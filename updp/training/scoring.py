@@ -21,7 +21,7 @@ from updp.blocks.convert import calibrate_bn, target_batchnorms
 from updp.core.distributed import group_info
 from updp.core.errors import InputError
 from updp.data import make_loader
-from updp.models.memory_format import fast_memory_format
+from updp.models.fast_compute import fast_compute
 from updp.training.supernet import active_subnet, set_subnet
 
 
@@ -144,7 +144,7 @@ class SubnetScorer:
         saved = _bn_state(self.model)
         try:
             set_subnet(self.model, blocks)
-            with fast_memory_format(self.model):
+            with fast_compute(self.model):
                 if self.recalibrate != "none":
                     # identity_init_inserted=False: the inserted BNs' affines are trained weights now.
                     calibrate_bn(self.model, self.calib, which=self.recalibrate, identity_init_inserted=False)

@@ -63,7 +63,7 @@ from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
 from updp.core.seeding import mix_seed, rng_state, seed_everything, set_rng_state
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
-from updp.models.memory_format import fast_memory_format
+from updp.models.fast_compute import fast_compute
 from updp.training.device import cpu_capability, fast_cpu_math, native_bfloat16, resolve_device
 from updp.training.distill import DistillationLoss
 from updp.training.lr_schedule import WarmupCosine, param_groups
@@ -306,7 +306,7 @@ class Trainer:
         state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "epoch": self.epoch, "step": self.step, "rng": rng_state(), "config": asdict(self.cfg),
                  "metrics": metrics, "history": self.history, "world_size": self.world}
-        # Contiguous copies: the model may be channels-last while it trains (`fast_memory_format`).
+        # Contiguous copies: the model may be channels-last while it trains (`fast_compute`).
         weights = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in self.model.state_dict().items()}
         write_checkpoint(self.cfg.out, weights, **{**state, **extra})
         logger.info("checkpoint %s (epoch %d, step %d)", self.cfg.out, self.epoch, self.step)
@@ -493,7 +493,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self._try_resume()
-        with fast_memory_format(self.model, self.teacher):
+        with fast_compute(self.model, self.teacher):
             last = self._fit_epochs()
         if last is None:  # nothing to do (already finished) and no history: evaluate once
             ev = module_accuracy(self.model, self.data.val, device=self.device)

@@ -34,7 +34,7 @@ from updp.core.io import check_outputs, write_text_atomic
 from updp.latency.lut import LatencyLUT, build_lut
 from updp.latency.runner import LatencySetup
 from updp.models.checkpoint import load_state, read_checkpoint
-from updp.models.memory_format import fast_memory_format
+from updp.models.fast_compute import fast_compute
 from updp.models.zoo import create_from_record
 from updp.training.device import resolve_device
 from updp.training.scoring import SubnetScorer, fixed_batches
@@ -203,7 +203,7 @@ def _score_and_search(cfg: SearchConfig, model: nn.Module, baseline: nn.Module, 
     baseline_acc = SubnetScorer(baseline.to(dev), [], holdout, recalibrate="none", device=dev).accuracy()
     # The supernet's layout is converted once for the whole search, not once per scored subnet
     # (each scoring then finds it converted: the context nests).
-    with fast_memory_format(model):
+    with fast_compute(model):
         outcome, randoms, unpruned_acc = _search_subnets(cfg, model, scorer, space)
     set_subnet(model, outcome.best.blocks)
     return _Scored(outcome, randoms, baseline_acc, unpruned_acc, len(calib),
