@@ -12,10 +12,11 @@ zero padding. Inside `small_map_convolutions` two rewrites apply, each the same 
   gradient, as they do in the convolution;
 * a **1×1** convolution (stride 1, no padding, one group) becomes a `linear` on the channels axis.
 
-Measured in one process, A/B interleaved: a training step 0.43-0.52 s → 0.18-0.26 s; in float64
-the outputs are identical and the gradients agree to 5e-16. Values in float32 are the same up to
-rounding (other summation orders), like channels-last. Maps larger than 16 positions keep the
-convolution: a dense 64×64 matrix per channel (8×8 maps) made the step slower, not faster.
+Measured on that CPU, forward + backward of one 7×7 depthwise convolution (batch 128): 1×1 map
+58 → 0.5 ms, 2×2 33 → 3.4 ms, 4×4 22 → 8 ms; an 8×8 map stays a convolution (5.8 ms; its dense
+64×64 matrices took 11 ms). A whole training step (A/B in one process) 0.43 → 0.20 s. In float64 the
+outputs agree to rounding (1e-16) and so do the gradients; in float32 the values are the same up
+to rounding (other summation orders), like channels-last.
 
 The rewrite is a `TorchFunctionMode`, not a change to the modules: nothing is stored on the model,
 so copies, checkpoints and exports never see it, and it ends with the block.
@@ -62,7 +63,10 @@ def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     index = _tap_index((kh, kw), stride, padding, (h, w)).to(x.device)
     taps = torch.cat([weight.reshape(c, kh * kw), weight.new_zeros(c, 1)], dim=1)
     matrices = taps[:, index]  # (C, Ho·Wo, H·W)
-    y = (x.reshape(n, c, 1, h * w) * matrices).sum(-1)
+    if h * w <= 4:  # a broadcast multiply-sum: on 2×2 and 1×1 maps 3x faster than a batched matmul
+        y = (x.reshape(n, c, 1, h * w) * matrices).sum(-1)
+    else:  # a batched matmul: on 4×4 maps 2.3x faster than the multiply-sum
+        y = torch.einsum("bcn,cmn->bcm", x.reshape(n, c, h * w), matrices)
     if bias is not None:
         y = y + bias[None, :, None]
     ho = (h + 2 * padding[0] - kh) // stride[0] + 1
