@@ -130,7 +130,8 @@ def main() -> None:
     }
     setup = {"model": args.model, "data": args.data, "batch": args.batch, "steps": args.steps, "rounds": args.rounds,
              "blocks": blocks, "torch": torch.__version__, "threads": torch.get_num_threads(),
-             "cpus": os.cpu_count(), "machine": platform.platform(), "load": os.getloadavg()}
+             "cpus": os.cpu_count(), "machine": platform.platform(), "load": os.getloadavg(),
+             "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     print(f"# {setup}")
     print(f"{'variant':<18} {'median ms/step':>14} {'p90':>8} {'steps/s':>8}")
     for n, row in rows.items():
