@@ -359,10 +359,11 @@ def demo_config(quick: bool = False) -> RunConfig:
     10 baseline epochs, a search for 4 of the 12 blocks (2 supernet epochs, 60 scored subnets, each
     after a BN recalibration on 4 batches, a latency table of 30 rounds), 6 progressive epochs with
     distillation, then 200 interleaved latency rounds after 20 warm-up runs; about 1.5 minutes on
-    2 quiet AVX512 cores, about 5 on 2 AVX2 cores. 4 calibration batches instead of `updp search`'s 8: on this model and data
-    the subnets' holdout scores rank the same as with 8 (Spearman 0.87-0.93 against 8 batches,
-    where a second draw of 8 batches gives 0.88-0.91), for a third less scoring time. `quick`
-    halves the training budgets and the latency repeats (a mechanics check, not a result).
+    2 quiet AVX512 cores, about 5 on 2 AVX2 cores. 4 calibration batches instead of `updp
+    search`'s 8: on this model and data the subnets' holdout scores rank the same as with 8
+    (Spearman 0.87-0.93 against 8 batches, where a second draw of 8 batches gives 0.88-0.91), for
+    a third less scoring time. `quick` halves the training budgets and the latency repeats (a
+    mechanics check, not a result).
     """
     cfg = RunConfig(model=ModelSection(name=DEFAULT_MODEL, input_size=(32, 32)),
                     data=DataSection(spec=DEFAULT_DATA), baseline=BaselineSection(epochs=10),
