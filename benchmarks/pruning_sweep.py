@@ -321,8 +321,8 @@ def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc
                 ax.errorbar(x, [100 * a[0] for _, a in pts], yerr=[100 * a[1] for _, a in pts], marker="o",
                             capsize=3, label=method)
         ax.axhline(100 * base_acc, color="grey", ls="--", lw=1, label="baseline")
-        short = sorted({f"P{p} {m}" for m in METHODS for p in ps
-                        if len(summary["cells"].get(f"e{b}_P{p}_{m}", {"values": [0] * seeds})["values"]) < seeds})
+        short = [f"P{p} {m}" for p in ps for m in METHODS
+                 if (c := summary["cells"].get(f"e{b}_P{p}_{m}")) is not None and len(c["values"]) < seeds]
         ax.set_title(f"{name}: {b} epoch{'s' if b > 1 else ''} of pruning"
                      + (f"\n(fewer than {seeds} seeds: {', '.join(short)})" if short else ""), fontsize=9)
         ax.set_xlabel("pruned blocks P")

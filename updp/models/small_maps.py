@@ -51,8 +51,9 @@ def _pair(v) -> tuple[int, int]:
 
 @functools.lru_cache(maxsize=256)
 def _tap_index(kernel_hw: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
-               in_hw: tuple[int, int]) -> torch.Tensor:
-    return torch.from_numpy(conv_tap_index(kernel_hw, stride, padding, in_hw))
+               in_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """`conv_tap_index` as a tensor on `device`, once per shape and device (not a copy per call)."""
+    return torch.from_numpy(conv_tap_index(kernel_hw, stride, padding, in_hw)).to(device)
 
 
 def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -60,7 +61,7 @@ def depthwise_as_matrices(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     """`conv2d(x, weight, bias, stride, padding, groups=C)` as one (Ho·Wo, H·W) matrix per channel."""
     n, c, h, w = x.shape
     kh, kw = weight.shape[-2:]
-    index = _tap_index((kh, kw), stride, padding, (h, w)).to(x.device)
+    index = _tap_index((kh, kw), stride, padding, (h, w), x.device)
     taps = torch.cat([weight.reshape(c, kh * kw), weight.new_zeros(c, 1)], dim=1)
     matrices = taps[:, index]  # (C, Ho·Wo, H·W)
     if h * w <= 4:  # a broadcast multiply-sum: on 2×2 and 1×1 maps 3x faster than a batched matmul
