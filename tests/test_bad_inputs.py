@@ -439,6 +439,21 @@ def test_sigint_exits_130_and_leaves_no_partial_checkpoint(tmp_path):
         assert torch.load(tmp_path / "t.pt", weights_only=True)["epoch"] >= 1
 
 
+def test_an_interrupt_that_passes_through_exec_of_source_text_still_exits_130(tmp_path):
+    """The race behind a flaky SIGINT status, made deterministic: a Ctrl-C that lands while dataclasses
+    (inside torch's import) builds methods with exec() must still give 130 and the one-line message.
+    Run with -m like `python -m updp`, the start-up path on which CPython acts on its stale flag."""
+    (tmp_path / "interrupted_entry.py").write_text(
+        "import updp.cli as cli\n"
+        "help_text, epilog, _ = cli.COMMANDS['train']\n"
+        "cli.COMMANDS['train'] = (help_text, epilog, lambda args: exec('raise KeyboardInterrupt'))\n"
+        "cli.console_main()\n")
+    proc = subprocess.run([sys.executable, "-m", "interrupted_entry", "train", "resnet18", "--data", "digits",
+                           "--out", str(tmp_path / "t.pt")], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (130, "updp train: interrupted")
+
+
 def test_no_loader_in_the_package_can_run_code():
     """The audit, kept true: every deserialization in updp is one that cannot run code.
 

@@ -1,6 +1,6 @@
 """`python -m updp` is the same as the `updp` console script."""
 
-from updp.cli import main
+from updp.cli import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from updp.core.constants import AMP_MODES
 from updp.core.errors import InputError, UpdpError
@@ -43,6 +43,9 @@ from updp.workflows.config import (
 )
 
 logger = logging.getLogger("updp")
+
+# 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
+EXIT_INTERRUPTED = 130
 
 EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 internal error (a bug), 2 bad input, 3 unsupported pattern,
 4 verification failed (nothing written), 130 interrupted"""
@@ -524,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         _stderr(f"updp {args.command}: interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line by default, the traceback with --verbose
         if args.verbose:
             raise
@@ -540,3 +543,22 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def console_main() -> NoReturn:
+    """The `updp` console script and `python -m updp`: `main`, and its code as the process's status.
+
+    An interrupted command leaves through `os._exit(130)` once its output is flushed. CPython 3.11
+    marks a KeyboardInterrupt as unhandled whenever it passes through `exec` of source text, even
+    when `main` catches it further up, and then ends the process with SIGINT after `main` returns;
+    `dataclasses` and `namedtuple` build their methods that way at import time, so a Ctrl-C that
+    lands while torch is being imported would otherwise reach a parent process as "killed by
+    signal 2" instead of the documented 130.
+    """
+    code = main()
+    if code == EXIT_INTERRUPTED:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(code)
+    raise SystemExit(code)
