@@ -192,68 +192,77 @@ def _emit_rank0(args, payload: dict, text: str) -> None:
 
 
 # ---------------------------------------------------------------- commands
-# Each imports its workflow when it runs: the CLI starts (and `--help` answers) without torch.
+# Each checks its config, then imports its workflow: the CLI starts (and `--help` answers, and a
+# bad combination of flags is refused) without torch.
 
 def cmd_blocks(args) -> int:
+    cfg = config_from_args(BlocksConfig, args)
     from updp.workflows.blocks import list_blocks  # lazy: see above
 
-    report = list_blocks(config_from_args(BlocksConfig, args))
+    report = list_blocks(cfg)
     _emit(args, report.to_dict(), report.format_table())
     return 0
 
 
 def cmd_export(args) -> int:
+    cfg = config_from_args(ExportConfig, args)
     from updp.workflows.export import export  # lazy: see above
 
-    result = export(config_from_args(ExportConfig, args))
+    result = export(cfg)
     _emit(args, result.to_dict(), result.format_summary())
     return 0
 
 
 def cmd_optimize(args) -> int:
+    cfg = config_from_args(OptimizeConfig, args)
     from updp.workflows.optimize import optimize  # lazy: see above
 
-    result = optimize(config_from_args(OptimizeConfig, args))
+    result = optimize(cfg)
     _emit(args, result.to_dict(), result.format_summary())
     return 0
 
 
 def cmd_bench(args) -> int:
+    cfg = config_from_args(BenchConfig, args)
     from updp.workflows.bench import bench  # lazy: see above
 
-    report = bench(config_from_args(BenchConfig, args))
+    report = bench(cfg)
     _emit(args, report.to_dict(), report.format_table())
     return 0
 
 
 def cmd_train(args) -> int:
+    cfg = config_from_args(TrainConfig, args)
     from updp.workflows.train import train  # lazy: see above
 
-    res = train(config_from_args(TrainConfig, args), echo=_stderr)
+    res = train(cfg, echo=_stderr)
     _emit_rank0(args, res.to_dict(), res.format_summary())
     return 0
 
 
 def cmd_prune(args) -> int:
+    cfg = config_from_args(PruneConfig, args)
     from updp.workflows.prune import prune  # lazy: see above
 
-    res = prune(config_from_args(PruneConfig, args), echo=_stderr)
+    res = prune(cfg, echo=_stderr)
     _emit_rank0(args, res.to_dict(), res.format_summary())
     return 0
 
 
 def cmd_search(args) -> int:
+    cfg = config_from_args(SearchConfig, args)
     from updp.workflows.search import run_search  # lazy: see above
 
-    res = run_search(config_from_args(SearchConfig, args), echo=_stderr)
+    res = run_search(cfg, echo=_stderr)
     _emit_rank0(args, res.to_dict(), res.format_summary())
     return 0
 
 
 def cmd_eval(args) -> int:
+    cfg = config_from_args(EvalConfig, args)
     from updp.workflows.evaluate import evaluate, format_accuracy  # lazy: see above
 
-    res = evaluate(config_from_args(EvalConfig, args))
+    res = evaluate(cfg)
     _emit(args, res, format_accuracy(res))
     return 0
 

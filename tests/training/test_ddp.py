@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from updp.cli import main
+
 
 def _torchrun() -> list[str]:
     exe = Path(sys.executable).with_name("torchrun")
@@ -46,12 +48,10 @@ def test_two_process_search_shards_scoring_and_agrees_with_one_process(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     # A briefly trained baseline: at chance level, BN statistics would not move a single prediction
     # and the comparison below could not see a wrong pooling.
-    train = subprocess.run(
-        [sys.executable, "-m", "updp", "train", "timm:convnext_atto", "--model-kwarg", "depths=[1,1,2,1]",
-         "--model-kwarg", "dims=[16,32,48,64]", "--data", "mnist5k", "--epochs", "1", "--max-steps-per-epoch",
-         "25", "--batch-size", "64", "--out", str(tmp_path / "base.pt"), "--device", "cpu", "--no-progress"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
-    assert train.returncode == 0, train.stderr[-3000:]
+    # (In this process: only the search below needs torchrun, and a subprocess costs seconds of imports.)
+    assert main(["-q", "train", "timm:convnext_atto", "--model-kwarg", "depths=[1,1,2,1]", "--model-kwarg",
+                 "dims=[16,32,48,64]", "--data", "mnist5k", "--epochs", "1", "--max-steps-per-epoch", "25",
+                 "--batch-size", "64", "--out", str(tmp_path / "base.pt"), "--device", "cpu", "--no-progress"]) == 0
     # mnist5k: its 400-image holdout is two batches of 256, so each rank scores a different one; tiny
     # calibration batches (3 of 4 images, split 2 + 1 over the ranks) make an unpooled calibration visible.
     common = ["search", str(tmp_path / "base.pt"), "--data", "mnist5k", "--target-blocks", "2",
@@ -83,11 +83,8 @@ def test_two_process_layerfold_folds_on_every_rank_together(tmp_path):
     then leave the forward (DDP must not wait for their gradients); the ranks stay identical."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     common = ["--data", "digits", "--batch-size", "16", "--no-progress", "--device", "cpu"]
-    train = subprocess.run([sys.executable, "-m", "updp", "-q", "train", "timm:convnext_atto", "--model-kwarg",
-                            "dims=[16,32,48,64]", "--epochs", "1", "--max-steps-per-epoch", "3", "--out",
-                            str(tmp_path / "base.pt"), *common], capture_output=True, text=True, timeout=180,
-                           env=env, cwd=tmp_path)
-    assert train.returncode == 0, train.stderr[-3000:]
+    assert main(["-q", "train", "timm:convnext_atto", "--model-kwarg", "dims=[16,32,48,64]", "--epochs", "1",
+                 "--max-steps-per-epoch", "3", "--out", str(tmp_path / "base.pt"), *common]) == 0
     cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "updp", "-v", "prune", "--checkpoint",
            str(tmp_path / "base.pt"), "--blocks", "1,3", "--method", "layerfold", "--epochs", "2",
            "--max-steps-per-epoch", "4", "--out", str(tmp_path / "lf.pt"), *common]

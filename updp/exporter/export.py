@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -29,17 +28,13 @@ import torch
 from updp.blocks.convert import apply_pruning, randomize_norm_stats
 from updp.blocks.discover import find_blocks
 from updp.core.errors import VerificationError
+from updp.exporter.optimize import op_counts
 from updp.exporter.torch_export import full_check, save_model, set_metadata, simplify, torch_to_onnx, versions
 from updp.onnx_passes import optimize_model
 from updp.ort import make_session
 from updp.verify import check_equivalence, compare_outputs
 
 logger = logging.getLogger(__name__)
-
-
-def op_counts(model: onnx.ModelProto) -> dict[str, int]:
-    """{op type: node count}, sorted by op type."""
-    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
 @dataclass
@@ -182,4 +177,4 @@ def torch_parity(module: torch.nn.Module, reference: onnx.ModelProto, input_shap
     return rep.max_abs_diff
 
 
-__all__ = ["ExportResult", "export_module", "op_counts", "torch_parity"]
+__all__ = ["ExportResult", "export_module", "torch_parity"]

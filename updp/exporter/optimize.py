@@ -29,6 +29,7 @@ import contextlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,13 +39,17 @@ import onnx
 from onnx import version_converter
 
 from updp.core.errors import InputError, UnsupportedError, VerificationError
-from updp.exporter.export import op_counts
 from updp.exporter.torch_export import full_check, save_model, simplify, staged_model
 from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import infer_types, optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
 from updp.ort import is_large, load_onnx, make_session
 from updp.verify import check_equivalence
+
+
+def op_counts(model: onnx.ModelProto) -> dict[str, int]:
+    """{op type: node count}, sorted by op type."""
+    return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
 def default_opset(model: onnx.ModelProto) -> int | None:

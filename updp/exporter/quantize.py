@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -251,6 +250,8 @@ def calibration_feeds_from_data(model: onnx.ModelProto, dataset, *, images: int 
                                 ) -> list[dict[str, np.ndarray]]:
     """Calibration inputs from a data split (`updp.data`): `images` of them, drawn once with `seed`,
     in batches of the model's static batch (or 1 for a symbolic one)."""
+    import torch  # lazy: the data splits are torch datasets; random feeds need no torch
+
     inputs = graph_inputs(model)
     if len(inputs) != 1:
         raise UnsupportedError(f"calibration from --data needs a model with one image input; it has {len(inputs)}")

@@ -9,6 +9,10 @@ Why onnxsim runs twice with different settings: before our passes it only folds 
 infers shapes (`perform_optimization=False`), because its optimizer rewrites `MatMul + Add` into
 `Reshape → Gemm → Reshape`, which hides the linear chains our passes merge. After our passes it may
 run in full as a final polish (the default), since by then the chains are merged.
+
+torch and onnxsim (which imports torch) are imported inside the functions that use them: saving,
+checking and labelling a file someone brings (`updp optimize`, `updp bench` on ONNX files) then
+starts without the seconds those imports take.
 """
 
 from __future__ import annotations
@@ -26,17 +30,19 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnxruntime
-import onnxsim
-import torch
 
 from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
 from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
 from updp.ort import is_large, model_file, save_external
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ OUTPUT_NAME = "logits"
 
 def versions() -> dict[str, str]:
     """Versions of everything that shapes an exported graph, for provenance."""
+    import onnxsim  # lazy: see the module docstring
+    import torch  # lazy: see the module docstring
+
     out = {"updp": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
            "onnxruntime": onnxruntime.__version__, "onnxsim": getattr(onnxsim, "__version__", "?"),
            "python": platform.python_version()}
@@ -77,6 +86,8 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         dynamic_batch: mark axis 0 of the input and the output as symbolic `batch`.
         opset: ONNX opset (>= 17, for LayerNormalization).
     """
+    import torch  # lazy: see the module docstring
+
     if opset < MIN_EXPORT_OPSET:
         raise InputError(f"opset {opset} is too old: updp needs >= {MIN_EXPORT_OPSET} (LayerNormalization)")
     model = model.eval().float().cpu()
@@ -153,6 +164,8 @@ def simplify(model: onnx.ModelProto, *, optimize: bool) -> onnx.ModelProto:
     A model onnxsim cannot process is returned unchanged with a warning: simplification is a
     convenience, never a correctness requirement, and everything after it is verified anyway.
     """
+    import onnxsim  # lazy: it imports torch (seconds), only where a graph is simplified
+
     try:
         with _quiet_export(), _output_to_debug_log("onnxsim"):
             simplified, ok = onnxsim.simplify(model, perform_optimization=optimize)

@@ -21,7 +21,6 @@ from updp.latency.runner import BenchReport, LatencySetup, ModelTiming, benchmar
 from updp.ort import load_onnx
 from updp.verify import check_equivalence
 from updp.workflows.config import BenchConfig, ExportConfig
-from updp.workflows.export import export
 
 
 @dataclass
@@ -169,6 +168,8 @@ def _reexport_dynamic(proto: onnx.ModelProto) -> tuple[str, onnx.ModelProto] | N
             how = f"{checkpoint.group(1)}, dynamic batch"
         else:
             return None
+        from updp.workflows.export import export  # lazy: torch and the model zoo, only to re-export
+
         try:
             export(cfg)
         except UpdpError:

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import onnx
 
-from updp.accuracy import onnx_accuracy
 from updp.core.errors import VerificationError
-from updp.data import get_datasets
 from updp.exporter.fp16 import convert_fp16, verify_fp16
 from updp.exporter.quantize import (
     RANDOM_CALIBRATION,
@@ -39,7 +37,6 @@ from updp.exporter.quantize import (
 from updp.exporter.torch_export import save_model
 from updp.feeds import generate_feeds
 from updp.workflows.config import PrecisionOptions
-from updp.workflows.evaluate import onnx_input_size
 
 # Random calibration inputs for a latency what-if: enough runs for ranges that do not clip
 # everything, few enough to stay quick on 224x224 models.
@@ -140,6 +137,10 @@ def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions
     made: list[tuple[DerivedFile, onnx.ModelProto]] = []
     if not opts.writes_derived_files:
         return made
+    from updp.accuracy import onnx_accuracy  # lazy: torch's data side, for a file alone not needed
+    from updp.data import get_datasets  # lazy: as above
+    from updp.workflows.evaluate import onnx_input_size  # lazy: as above
+
     data = get_datasets(opts.data, onnx_input_size(where, model), split_seed=opts.split_seed) if opts.data else None
     float_acc = onnx_accuracy(model, data.val, num_classes=data.num_classes) if data is not None else None
     if opts.quantize == "int8":
@@ -183,6 +184,8 @@ def write_derived(made: list[tuple[DerivedFile, onnx.ModelProto]]) -> list[Deriv
 
 
 def _measure_accuracy(item: DerivedFile, model: onnx.ModelProto, data, float_acc: dict) -> None:
+    from updp.accuracy import onnx_accuracy  # lazy: torch's data side, only with --data
+
     acc = onnx_accuracy(model, data.val, num_classes=data.num_classes)
     item.accuracy, item.float_accuracy, item.n = acc["acc"], float_acc["acc"], acc["n"]
     # rounded: a drop of exactly the limit must not exceed it by a float rounding
