@@ -16,6 +16,7 @@ import ast
 import hashlib
 import os
 import pickle
+import signal
 import stat
 import subprocess
 import sys
@@ -426,11 +427,17 @@ def test_a_full_disk_while_writing_a_checkpoint_is_exit_2(tmpfs, capsys):
     assert list(full.iterdir()) == []
 
 
+def _default_sigint() -> None:
+    """The child's Ctrl-C acts even when the suite runs with SIGINT ignored (a background job of a
+    non-interactive shell: `bash scripts/test.sh &`), which the child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_exits_130_and_leaves_no_partial_checkpoint(tmp_path):
     """Ctrl-C while training: after the first epoch's checkpoint is on disk, whatever the machine's speed."""
     proc = subprocess.Popen([sys.executable, "-m", "updp", "train", "resnet18", "--data", "digits", "--epochs", "50",
                              "--out", str(tmp_path / "t.pt"), "--no-progress"], cwd=ROOT, stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.DEVNULL, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 300
     while not (tmp_path / "t.pt").exists():
         assert proc.poll() is None, f"the command ended before its first epoch: {proc.stderr.read()}"
