@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from updp.core.constants import AMP_MODES
-from updp.core.errors import InputError, UpdpError
+from updp.core.errors import EXIT_INTERRUPTED, InputError, UpdpError
 from updp.core.runtime import limit_openmp_spinning
 from updp.core.version import __version__
 from updp.pipeline.config import STAGE_NAMES, RunConfig, demo_config
@@ -43,9 +43,6 @@ from updp.workflows.config import (
 )
 
 logger = logging.getLogger("updp")
-
-# 128 + SIGINT, what a shell reports for a command stopped with Ctrl-C.
-EXIT_INTERRUPTED = 130
 
 EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 internal error (a bug), 2 bad input, 3 unsupported pattern,
 4 verification failed (nothing written), 130 interrupted"""
@@ -550,10 +547,6 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
 def console_main() -> NoReturn:
     """The `updp` console script and `python -m updp`: `main`, and its code as the process's status.
 
@@ -571,3 +564,7 @@ def console_main() -> NoReturn:
             stream.flush()
         os._exit(code)
     raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    console_main()

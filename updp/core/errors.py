@@ -6,9 +6,12 @@ Exit codes:
     2  bad usage or bad input (unknown model, unreadable/malformed file, wrong input size, ...)
     3  unsupported pattern or block (the tool refuses rather than produce a wrong model)
     4  verification failed: the optimized model does not match the reference; nothing was written
+  130  interrupted (Ctrl-C): 128 + SIGINT, what a shell reports for a command it stopped
 """
 
 from __future__ import annotations
+
+EXIT_INTERRUPTED = 130  # the status of a command stopped by Ctrl-C (see above)
 
 
 class UpdpError(Exception):
