@@ -137,12 +137,14 @@ def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions
     made: list[tuple[DerivedFile, onnx.ModelProto]] = []
     if not opts.writes_derived_files:
         return made
-    from updp.accuracy import onnx_accuracy  # lazy: torch's data side, for a file alone not needed
-    from updp.data import get_datasets  # lazy: as above
-    from updp.workflows.evaluate import onnx_input_size  # lazy: as above
+    data = float_acc = None
+    if opts.data:
+        from updp.accuracy import onnx_accuracy  # lazy: torch's data side, only with --data
+        from updp.data import get_datasets  # lazy: as above
+        from updp.workflows.evaluate import onnx_input_size  # lazy: as above
 
-    data = get_datasets(opts.data, onnx_input_size(where, model), split_seed=opts.split_seed) if opts.data else None
-    float_acc = onnx_accuracy(model, data.val, num_classes=data.num_classes) if data is not None else None
+        data = get_datasets(opts.data, onnx_input_size(where, model), split_seed=opts.split_seed)
+        float_acc = onnx_accuracy(model, data.val, num_classes=data.num_classes)
     if opts.quantize == "int8":
         t0 = time.perf_counter()
         feeds, calibration = _calibration(model, opts, data)
