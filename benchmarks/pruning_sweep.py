@@ -37,6 +37,8 @@ change a recipe in `MODELS` and the sweep refuses the old folder. Figures go to 
     .venv/bin/python benchmarks/pruning_sweep.py --models deit_tiny_p4             # main grid, ViT
     .venv/bin/python benchmarks/pruning_sweep.py --models resnet18 mobilenetv2_100 # the smaller sweep
     .venv/bin/python benchmarks/pruning_sweep.py --models convnext_atto --report   # tables from the cache
+    .venv/bin/python benchmarks/pruning_sweep.py --models deit_tiny_p4 --budgets 4 --P 8 \
+        --work runs/pruning_sweep_b --tag baseline_b     # a replicate from a second baseline, reported apart
 """
 
 from __future__ import annotations
@@ -302,7 +304,8 @@ def markdown(name: str, summary: dict, budgets: list[int], ps: list[int], base_a
     return "\n".join(lines)
 
 
-def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float, seeds: int) -> Path | None:
+def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc: float, seeds: int,
+           suffix: str = "") -> Path | None:
     try:
         import matplotlib
 
@@ -331,7 +334,7 @@ def figure(name: str, summary: dict, budgets: list[int], ps: list[int], base_acc
     axes[0][0].set_ylabel(f"val accuracy (%), mean ± std of {seeds} seeds")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    path = ROOT / "docs" / "figures" / f"sweep_{name}.svg"
+    path = ROOT / "docs" / "figures" / f"sweep_{name}{suffix}.svg"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Date": None})
     plt.close(fig)
@@ -350,7 +353,11 @@ def main() -> None:
     ap.add_argument("--report", action="store_true",
                     help="only tables and figures from the cache (nothing trained; the last results' speedups kept)")
     ap.add_argument("--work", default=str(ROOT / "runs" / "pruning_sweep"))
+    ap.add_argument("--tag", default="",
+                    help="suffix of the results and figure names (a second work folder's sweep, e.g. from "
+                         "another baseline, reported beside the main one instead of over it)")
     args = ap.parse_args()
+    suffix = f"_{args.tag}" if args.tag else ""
     setup_logging()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -383,12 +390,12 @@ def main() -> None:
             speed = speedups(name, base, records, ps, max(args.budgets), work, args.repeats)
             print(speed["table"])
         else:  # keep the speedups an earlier (quiet) run measured
-            previous = RESULTS / f"pruning_sweep_{name}.json"
+            previous = RESULTS / f"pruning_sweep_{name}{suffix}.json"
             speed = json.loads(previous.read_text()).get("speed") if previous.exists() else None
         text = markdown(name, summary, args.budgets, ps, base_acc, speed, args.seeds)
         print(text)
-        fig = figure(name, summary, args.budgets, ps, base_acc, args.seeds)
-        path = save_json(f"pruning_sweep_{name}.json", {
+        fig = figure(name, summary, args.budgets, ps, base_acc, args.seeds, suffix)
+        path = save_json(f"pruning_sweep_{name}{suffix}.json", {
             "model": MODELS[name], "blocks_ranked": ranking, "budgets": args.budgets, "P": ps, "seeds": args.seeds,
             "baseline_acc": base_acc, "summary": summary, "speed": speed, "records": records,
             "prune_minutes_total": sum(r["seconds"] for r in records) / 60})
