@@ -36,7 +36,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "demo": {},
     "prune4": {"prune": {"epochs": 4}},
     "prune4_evals40": {"prune": {"epochs": 4}, "search": {"max_evals": 40}},
-    "prune4_supernet1": {"prune": {"epochs": 4}, "search": {"epochs": 1}},
+    "prune4_evals40_supernet1": {"prune": {"epochs": 4}, "search": {"max_evals": 40, "epochs": 1}},
 }
 
 
@@ -79,7 +79,7 @@ def main() -> None:
         k = seed % len(args.variants)
         for name in args.variants[k:] + args.variants[:k]:
             out = work / f"{name}_s{seed}"
-            if not (out / "results.json").is_file():
+            if not (out / "eval" / "result.json").is_file():
                 cfg = demo_config().replace(baseline={"checkpoint": str(base_ckpt), "epochs": 0},
                                             search={"seed": seed, **VARIANTS[name].get("search", {})},
                                             prune={"seed": seed, **VARIANTS[name].get("prune", {})})
@@ -87,7 +87,7 @@ def main() -> None:
                 cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2))
                 wall = _run(["--config", str(cfg_file), "--out", str(out), "--until", "eval"])
                 print(f"{name} seed {seed}: {wall:.1f} s", flush=True)
-            res = json.loads((out / "results.json").read_text())["stages"]
+            res = {st: json.loads((out / st / "result.json").read_text()) for st in ("search", "prune", "eval")}
             runs[name].append({"seed": seed, "acc": res["eval"]["pruned"]["acc"],
                                "baseline_acc": res["eval"]["baseline"]["acc"], "blocks": res["search"]["blocks"],
                                "speedup": res["search"]["measured_speedup"],
