@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,17 @@ def save_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str))
     return path
+
+
+def run_updp(*args: str, cwd: Path = ROOT) -> float:
+    """Run `python -m updp ARGS` in `cwd` (a tree's own `updp` package comes first on its path) with
+    this interpreter; return its wall seconds, or stop with its exit status and stderr's tail."""
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "updp", *args], cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"updp {' '.join(args)} in {cwd} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return seconds
 
 
 def mean_std(xs: list[float]) -> tuple[float, float]:

@@ -21,12 +21,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from _common import ROOT, save_json
+from _common import ROOT, run_updp, save_json
+
+from updp.latency.runner import cpu_model
 
 TRAINING = ("baseline", "search", "prune")
 
@@ -35,12 +35,7 @@ def run_demo(tree: Path, out: Path) -> dict:
     if out.exists():
         shutil.rmtree(out)
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "updp", "demo", "--out-dir", str(out)], cwd=tree,
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"updp demo in {tree} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    wall = run_updp("demo", "--out-dir", str(out), cwd=tree)
     res = json.loads((out / "results.json").read_text())
     stages = {k: v["seconds_stage"] for k, v in res["stages"].items()}
     head = res["headline"]
@@ -54,11 +49,9 @@ def cpu_summary() -> dict:
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return {"model": platform.processor()}
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
+        info = ""
     flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
-    return {"model": model, "extensions": sorted(f for f in set(flags) if f in ("avx2", "avx512f", "avx512_bf16",
-                                                                              "amx_bf16"))}
+    return {"model": cpu_model(), "extensions": sorted(set(flags) & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})}
 
 
 def main() -> None:

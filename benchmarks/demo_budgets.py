@@ -22,12 +22,9 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from _common import ROOT, mean_std, paired, save_json, setup_logging
+from _common import ROOT, mean_std, paired, run_updp, save_json, setup_logging
 
 from updp.pipeline.config import demo_config
 
@@ -41,12 +38,7 @@ VARIANTS: dict[str, dict[str, dict]] = {
 
 
 def _run(args: list[str]) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "updp", "run", *args, "--no-progress", "-q"], cwd=ROOT,
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"updp run {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
-    return time.perf_counter() - t0
+    return run_updp("run", *args, "--no-progress", "-q")
 
 
 def _delta(d: dict | None) -> str:

@@ -29,13 +29,12 @@ import argparse
 import hashlib
 import json
 import random
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, save_json
+from _common import ROOT, mean_std, save_json
 
 # Per-model recipes. ConvNeXt uses the CLI defaults. DeiT-tiny from scratch on 3,600 images learns
 # slowly (≈35 % val after 3 epochs at any of lr 5e-4/1e-3, batch 32/64, cls-token or average pooling;
@@ -86,10 +85,6 @@ def updp(*args: str, log: list) -> dict:
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(proc.stdout)
     return json.loads(proc.stdout)
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return (statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
 def run_model(name: str, cfg: dict, args, work: Path, log: list) -> dict:

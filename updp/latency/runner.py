@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """CPU model name from /proc/cpuinfo (Linux), else what `platform` knows."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -101,7 +101,7 @@ class LatencySetup:
     numpy_version: str = field(default_factory=lambda: np.__version__)
     python: str = field(default_factory=lambda: platform.python_version())
     platform: str = field(default_factory=platform.platform)
-    cpu_model: str = field(default_factory=_cpu_model)
+    cpu_model: str = field(default_factory=cpu_model)
     cpu_count: int | None = field(default_factory=os.cpu_count)
 
     def __post_init__(self) -> None:
@@ -373,5 +373,5 @@ def benchmark(models: list[ModelSpec], setup: LatencySetup | None = None, *,
                        max_seconds=max_seconds)
 
 
-__all__ = ["LatencySetup", "ModelTiming", "BenchReport", "benchmark"]
+__all__ = ["LatencySetup", "ModelTiming", "BenchReport", "benchmark", "cpu_model"]
 
