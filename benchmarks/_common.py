@@ -14,9 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 
-from updp.core.runtime import limit_openmp_spinning  # noqa: E402
+from updp.core.runtime import choose_openmp_waiting  # noqa: E402
 
-limit_openmp_spinning()  # before a benchmark imports torch
+choose_openmp_waiting()  # before a benchmark imports torch, as updp's command line does
 
 
 def setup_logging() -> None:

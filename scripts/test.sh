@@ -7,8 +7,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/ensure_venv.sh"
 cd "$ROOT"
-# Idle OpenMP threads spin briefly, as updp's command line has them (updp.core.runtime): the suite
-# starts subprocesses that share the cores with it.
+# Idle OpenMP threads spin briefly: the suite starts subprocesses that share the cores with it
+# (and that then skip updp's own look at the CPUs' load, updp.core.runtime).
 if [[ -z "${OMP_WAIT_POLICY:-}" ]]; then export GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-3000}"; fi
 if [[ $# -eq 0 ]]; then set -- -m "not slow and not fuzz and not corpus and not kill" -q; fi
 exec "$ROOT/.venv/bin/python" -m pytest "$@"

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 from updp.core.constants import AMP_MODES
 from updp.core.errors import EXIT_INTERRUPTED, InputError, UpdpError
-from updp.core.runtime import limit_openmp_spinning
+from updp.core.runtime import OPENMP_COMMANDS, choose_openmp_waiting, command_of
 from updp.core.version import __version__
 from updp.pipeline.config import STAGE_NAMES, RunConfig, demo_config
 from updp.workflows.config import (
@@ -516,7 +516,9 @@ def _configure_logging(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_openmp_spinning()  # before any command imports torch
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Before any command imports torch: libgomp reads its waiting policy once, when torch loads it.
+    waiting = choose_openmp_waiting() if command_of(argv) in OPENMP_COMMANDS else None
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -525,6 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose and args.quiet:
         parser.error("-v and -q exclude each other")
     _configure_logging(args)
+    if waiting is not None:
+        logger.debug("OpenMP threads: %s waiting (%s)", waiting,
+                     "other processes kept the CPUs busy" if waiting == "passive" else "the CPUs looked free")
     t0 = time.perf_counter()
     try:
         code = args.func(args)
