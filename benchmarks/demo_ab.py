@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("trees", nargs="+", help="NAME=PATH of each source tree (the first is the reference)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--work", default=str(ROOT / "runs" / "demo_ab"))
+    ap.add_argument("--json", default="demo_ab.json", help="file name under benchmarks/results/")
     args = ap.parse_args()
     trees = {}
     for spec in args.trees:
@@ -83,7 +84,7 @@ def main() -> None:
         print(f"{n:<8} mean wall {mean_wall[n]:6.1f} s   {mean_wall[ref] / mean_wall[n]:.2f}x vs {ref}")
     setup = {"trees": {n: str(p) for n, p in trees.items()}, "rounds": args.rounds, "cpus": os.cpu_count(),
              "machine": platform.platform(), "cpu": cpu_summary(), "python": sys.executable}
-    print(f"wrote {save_json('demo_ab.json', {'setup': setup, 'runs': runs, 'mean_wall': mean_wall})}")
+    print(f"wrote {save_json(args.json, {'setup': setup, 'runs': runs, 'mean_wall': mean_wall})}")
 
 
 if __name__ == "__main__":
