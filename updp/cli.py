@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     _configure_logging(args)
     if waiting is not None:
         logger.debug("OpenMP threads: %s waiting (%s)", waiting,
-                     "other processes kept the CPUs busy" if waiting == "passive" else "the CPUs looked free")
+                     "other processes kept the CPUs busy" if waiting == "passive" else "no busy process seen")
     t0 = time.perf_counter()
     try:
         code = args.func(args)

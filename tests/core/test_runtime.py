@@ -31,25 +31,19 @@ def _env(**kw):
 @pytest.mark.parametrize("others, expected, env_after", [(0.0, "default", {}), (OTHERS_BUSY_CPUS - 0.01, "default", {}),
                                                          (OTHERS_BUSY_CPUS, "passive", {"OMP_WAIT_POLICY": "PASSIVE"}),
                                                          (None, "default", {})])
-def test_passive_only_when_the_others_use_enough_cpu(others, expected, env_after):
+def test_passive_only_when_the_others_use_enough_cpu(others, expected, env_after, monkeypatch):
     # torch is loaded in the test process: pretend it is not, as in a fresh command line
+    monkeypatch.delitem(sys.modules, "torch")
     environ: dict[str, str] = {}
-    saved = sys.modules.pop("torch")
-    try:
-        assert choose_openmp_waiting(environ, probe=lambda: others) == expected
-    finally:
-        sys.modules["torch"] = saved
+    assert choose_openmp_waiting(environ, probe=lambda: others) == expected
     assert environ == env_after
 
 
 @pytest.mark.parametrize("user", [{"GOMP_SPINCOUNT": "7"}, {"OMP_WAIT_POLICY": "ACTIVE"}])
-def test_a_users_choice_is_kept_and_not_probed(user):
+def test_a_users_choice_is_kept_and_not_probed(user, monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")
     environ = dict(user)
-    saved = sys.modules.pop("torch")
-    try:
-        assert choose_openmp_waiting(environ, probe=lambda: pytest.fail("probed")) is None
-    finally:
-        sys.modules["torch"] = saved
+    assert choose_openmp_waiting(environ, probe=lambda: pytest.fail("probed")) is None
     assert environ == user
 
 
