@@ -357,6 +357,10 @@ def main() -> None:
                     help="suffix of the results and figure names (a second work folder's sweep, e.g. from "
                          "another baseline, reported beside the main one instead of over it)")
     args = ap.parse_args()
+    if Path(args.work).resolve() != (ROOT / "runs" / "pruning_sweep").resolve() and not args.tag:
+        # The results and figures are named by model (and tag) only: a second work folder without
+        # a tag would write its sweep over the main one's committed tables and figure.
+        ap.error(f"--work {args.work} needs --tag, so that its results do not replace the main sweep's")
     suffix = f"_{args.tag}" if args.tag else ""
     setup_logging()
     work = Path(args.work)
