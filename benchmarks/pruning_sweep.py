@@ -56,6 +56,8 @@ from _common import RESULTS, ROOT, mean_std, paired, save_json, setup_logging
 import updp
 from updp.core.io import write_text_atomic
 
+MAIN_WORK = ROOT / "runs" / "pruning_sweep"  # the main sweep's work folder: its results carry no tag
+
 # Baseline and prune recipes per model (the ablation's, chosen before any sweep result was seen).
 MODELS = {
     "convnext_atto": {"model": "timm:convnext_atto", "kwargs": {}, "P": [2, 4, 6, 8],
@@ -352,12 +354,12 @@ def main() -> None:
     ap.add_argument("--no-latency", action="store_true", help="skip the ORT speedups")
     ap.add_argument("--report", action="store_true",
                     help="only tables and figures from the cache (nothing trained; the last results' speedups kept)")
-    ap.add_argument("--work", default=str(ROOT / "runs" / "pruning_sweep"))
+    ap.add_argument("--work", default=str(MAIN_WORK))
     ap.add_argument("--tag", default="",
                     help="suffix of the results and figure names (a second work folder's sweep, e.g. from "
                          "another baseline, reported beside the main one instead of over it)")
     args = ap.parse_args()
-    if Path(args.work).resolve() != (ROOT / "runs" / "pruning_sweep").resolve() and not args.tag:
+    if Path(args.work).resolve() != MAIN_WORK.resolve() and not args.tag:
         # The results and figures are named by model (and tag) only: a second work folder without
         # a tag would write its sweep over the main one's committed tables and figure.
         ap.error(f"--work {args.work} needs --tag, so that its results do not replace the main sweep's")
