@@ -42,6 +42,14 @@ def run_updp(*args: str, cwd: Path = ROOT) -> float:
     return seconds
 
 
+def median_p90_ms(seconds: list[float]) -> dict:
+    """Median and p90 (numpy's linear interpolation) of timings in seconds, in milliseconds."""
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000.0
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": int(ms.size)}
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 

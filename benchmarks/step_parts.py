@@ -19,17 +19,12 @@ import os
 import platform
 import time
 
-import numpy as np
+import _common  # noqa: F401  first: it picks OpenMP's waiting before torch loads libgomp
 import timm
 import torch
-from _common import save_json, setup_logging
+from _common import median_p90_ms, save_json, setup_logging
 
 from updp.models.fast_compute import fast_compute
-
-
-def summary(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000.0
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": int(ms.size)}
 
 
 def main() -> None:
@@ -70,7 +65,7 @@ def main() -> None:
                 model(x)
                 if i >= args.warmup:
                     parts["eval_forward"].append(time.perf_counter() - t0)
-    result = {name: summary(times) for name, times in parts.items()}
+    result = {name: median_p90_ms(times) for name, times in parts.items()}
     for name, s in result.items():
         print(f"{name:13s} median {s['median_ms']:7.1f} ms   p90 {s['p90_ms']:7.1f} ms   (n = {s['n']})")
     train = sum(result[p]["median_ms"] for p in ("forward", "backward", "optimizer"))

@@ -33,20 +33,15 @@ import shutil
 import tempfile
 import time
 
-INDUCTOR_CACHE = tempfile.mkdtemp(prefix="updp_inductor_")
+INDUCTOR_CACHE = os.path.join(tempfile.gettempdir(), f"updp_inductor_{os.getpid()}")  # made on first compile
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE  # read when torch loads: a cold cache
 
-import numpy as np  # noqa: E402
+import _common  # noqa: E402,F401  first: it picks OpenMP's waiting before torch loads libgomp
 import timm  # noqa: E402
 import torch  # noqa: E402
-from _common import save_json, setup_logging  # noqa: E402
+from _common import median_p90_ms, save_json, setup_logging  # noqa: E402
 
 from updp.models.small_maps import small_map_convolutions  # noqa: E402
-
-
-def summary(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000.0
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": int(ms.size)}
 
 
 class Variant:
@@ -116,7 +111,7 @@ def main() -> None:
     for v in variants:
         entry = {"first_step_s": v.first_step_s, "error": v.error}
         if v.times:
-            entry.update(summary(v.times))
+            entry.update(median_p90_ms(v.times))
             print(f"{v.name:22s} median {entry['median_ms']:7.1f} ms   p90 {entry['p90_ms']:7.1f} ms"
                   f"   (n = {entry['n']})")
         results[v.name] = entry

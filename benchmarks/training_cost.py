@@ -30,6 +30,7 @@ import platform
 import statistics
 import time
 
+import _common  # noqa: F401  first: it picks OpenMP's waiting before torch loads libgomp
 import torch
 from _common import save_json, setup_logging
 from torch import nn

@@ -183,6 +183,35 @@ def test_comments_do_not_point_outside_the_repository(folder):
     assert hits == []
 
 
+TORCH_LOADERS = ("torch", "timm", "torchvision", "updp")
+
+
+def _first_top_level_import(tree: ast.Module, names: tuple[str, ...]) -> int | None:
+    """Line of the first module-level import of one of `names` (or a submodule), None when absent."""
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            modules = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            modules = [node.module or ""]
+        else:
+            continue
+        if any(m.split(".")[0] in names for m in modules):
+            return node.lineno
+    return None
+
+
+def test_benchmarks_choose_openmp_waiting_before_torch_loads():
+    """libgomp reads its waiting policy once, when torch loads it; `_common` picks the policy on
+    import, so it has to be imported before anything that may load torch."""
+    late = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        common, torch_line = _first_top_level_import(tree, ("_common",)), _first_top_level_import(tree, TORCH_LOADERS)
+        if common is not None and torch_line is not None and torch_line < common:
+            late.append(f"{path.name}: line {torch_line} loads torch before _common (line {common})")
+    assert late == []
+
+
 def test_tests_mirror_the_package_tree():
     """Every test folder is a package of updp (onnx_passes, training, ...), so a module's tests are
     where its code is."""
