@@ -25,6 +25,7 @@ and p90 of the timed steps, threads, the torch version and the load average. Che
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import copy
 import os
@@ -33,7 +34,8 @@ import shutil
 import tempfile
 import time
 
-INDUCTOR_CACHE = os.path.join(tempfile.gettempdir(), f"updp_inductor_{os.getpid()}")  # made on first compile
+INDUCTOR_CACHE = tempfile.mkdtemp(prefix="updp_inductor_")
+atexit.register(shutil.rmtree, INDUCTOR_CACHE, True)
 os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE  # read when torch loads: a cold cache
 
 import _common  # noqa: E402,F401  first: it picks OpenMP's waiting before torch loads libgomp
@@ -122,7 +124,6 @@ def main() -> None:
         "load_average_at_start": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "inductor_cache": "fresh temporary folder",
     })
-    shutil.rmtree(INDUCTOR_CACHE, ignore_errors=True)
     print(f"wrote {path}")
 
 
