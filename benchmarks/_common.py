@@ -50,6 +50,18 @@ def median_p90_ms(seconds: list[float]) -> dict:
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "n": int(ms.size)}
 
 
+def torch_cpu_setup(load_average_at_start: float) -> dict:
+    """What a CPU timing of torch ran under: threads, torch, the CPU, the load and OpenMP's waiting."""
+    import os
+    import platform
+
+    import torch
+
+    return {"threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine(), "load_average_at_start": load_average_at_start,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT")}
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 

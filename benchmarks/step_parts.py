@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 
 import _common  # noqa: F401  first: it picks OpenMP's waiting before torch loads libgomp
 import timm
 import torch
-from _common import median_p90_ms, save_json, setup_logging
+from _common import median_p90_ms, save_json, setup_logging, torch_cpu_setup
 
 from updp.models.fast_compute import fast_compute
 
@@ -72,10 +71,7 @@ def main() -> None:
     print(f"optimizer share of a training step (medians): {result['optimizer']['median_ms'] / train:.1%}")
     path = save_json(args.json, {
         "parts": result, "batch": args.batch, "input": [3, 32, 32], "model": "timm:convnext_atto",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-        "load_average_at_start": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+        **torch_cpu_setup(load),
     })
     print(f"wrote {path}")
 

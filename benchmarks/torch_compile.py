@@ -14,9 +14,10 @@ graph and compiles once per process. This measures both sides in one process:
 
 Each variant has its own model copy and optimizer (the same initial weights); the first step of
 a compiled variant includes its compile and is reported on its own; inductor's cache is a fresh
-temporary folder, so that the compile costs what it costs a new user's first run. The timed steps then rotate
-between the variants, so a change of the machine's load falls on all of them. Reports the median
-and p90 of the timed steps, threads, the torch version and the load average. Check `uptime` first.
+temporary folder, so that the compile costs what it costs a new user's first run. The timed steps
+then rotate between the variants, so a change of the machine's load falls on all of them. Reports
+the median and p90 of the timed steps, threads, the torch version and the load average. Check
+`uptime` first.
 
     .venv/bin/python benchmarks/torch_compile.py              # results: benchmarks/results/torch_compile.json
     .venv/bin/python benchmarks/torch_compile.py --rounds 20 --steps 5
@@ -29,7 +30,6 @@ import atexit
 import contextlib
 import copy
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -41,7 +41,7 @@ os.environ["TORCHINDUCTOR_CACHE_DIR"] = INDUCTOR_CACHE  # read when torch loads:
 import _common  # noqa: E402,F401  first: it picks OpenMP's waiting before torch loads libgomp
 import timm  # noqa: E402
 import torch  # noqa: E402
-from _common import median_p90_ms, save_json, setup_logging  # noqa: E402
+from _common import median_p90_ms, save_json, setup_logging, torch_cpu_setup  # noqa: E402
 
 from updp.models.small_maps import small_map_convolutions  # noqa: E402
 
@@ -119,10 +119,8 @@ def main() -> None:
         results[v.name] = entry
     path = save_json(args.json, {
         "variants": results, "batch": args.batch, "input": [3, 32, 32], "model": "timm:convnext_atto",
-        "rounds": args.rounds, "steps_per_round": args.steps, "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
-        "load_average_at_start": load, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"), "inductor_cache": "fresh temporary folder",
+        "rounds": args.rounds, "steps_per_round": args.steps, "inductor_cache": "fresh temporary folder",
+        **torch_cpu_setup(load),
     })
     print(f"wrote {path}")
 
