@@ -71,6 +71,7 @@ def trainer_loop(model: nn.Module, data, batch: int, steps: int, seed: int, befo
     return res.history[0]["train_seconds"]
 
 
+@fast_cpu_math()  # as updp's training runs: denormals flushed, torch's thread pool started inside
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="timm:convnext_atto")
@@ -81,7 +82,6 @@ def main() -> None:
     ap.add_argument("--blocks", default="1,3,5,7", help="pruned blocks of the λ variants")
     args = ap.parse_args()
     setup_logging()
-    fast_cpu_math()
     data = get_datasets(args.data, 32)
     base, _ = create_for_data(args.model, num_classes=data.num_classes, input_chw=(3, 32, 32), seed=0)
     blocks = [int(b) for b in args.blocks.split(",")]

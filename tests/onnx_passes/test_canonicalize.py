@@ -321,3 +321,23 @@ def test_identity_read_by_a_subgraph_from_graph_input_refused(unchanged, assert_
     onnx.checker.check_model(m, full_check=True)
     res = unchanged(m)
     assert_refused(res, "remove_identity", "output is read by a subgraph and its source cannot be renamed")
+
+
+def test_div_by_a_denormal_is_refused_for_its_reason_also_after_training_flushed_denormals(
+        builder, unchanged, assert_refused):
+    """Regression: in a process whose training had flushed denormals to zero (`updp run`), numpy
+    read the divisor 1e-39 as 0 and the pass refused for "divisor has zeros": the passes folded
+    constants differently from a fresh process. They now run with denormals exact."""
+    import torch
+
+    from updp.training.device import fast_cpu_math
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    c = builder.const(np.array([2.0, 1e-39, 4.0, 8.0], np.float32))
+    builder.rename_output(builder.op("Div", ["x", c]), "y")
+    model = builder.model({"x": (2, 4)}, {"y": None})
+    with fast_cpu_math():
+        res = unchanged(model)
+    assert_refused(res, "const_arith_to_affine", "the divisor's reciprocal is not a normal float")
+    assert not any("divisor has zeros" in r for r in res.refusals), res.refusals

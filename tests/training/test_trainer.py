@@ -300,3 +300,18 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_finished_epoch(tmp_path, d
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values()
                                        if v.is_floating_point())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def test_fit_flushes_denormals_while_it_trains_and_leaves_the_mode_it_found(digits):
+    """The flush is a CPU register of the thread: left on after training, it made numpy read float32
+    denormals as zero in whatever ran next in the process (the ONNX passes of `updp run`)."""
+    from updp.core.denormals import denormals_flushed
+
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    m, _ = _model()
+    seen = []
+    Trainer(m, digits, _cfg(None, "unused", epochs=1, max_steps_per_epoch=1, kd_alpha=0.0),
+            before_step=lambda *_: seen.append(denormals_flushed())).fit()
+    assert seen == [True]
+    assert not denormals_flushed()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from updp.core.denormals import exact_denormals
 from updp.core.errors import InputError
 from updp.onnx_passes._graph import Graph, RewriteTally
 from updp.onnx_passes.canonicalize import canonicalize
@@ -124,7 +125,8 @@ def optimize_model(
     # The passes compute in float64 with the file's values as they are: a NaN or Inf weight, or a
     # negative variance, gives NaN or Inf, which the verification compares with what the original
     # computes (NaN-aware). numpy's RuntimeWarnings about them would only be noise on stderr.
-    with _foreign_ops_hidden(work) as restore, np.errstate(all="ignore"):
+    # Denormal constants are computed as they are, also where training flushed them to zero.
+    with _foreign_ops_hidden(work) as restore, np.errstate(all="ignore"), exact_denormals():
         run = _iterate(work, phases, max_iterations)
         restore(run.model)
     work = run.model

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
 from updp.core.constants import DEFAULT_TORCH_DEVICE
+from updp.core.denormals import denormals_flushed
 from updp.core.errors import InputError
 
 
@@ -25,15 +28,27 @@ def resolve_device(device: str = DEFAULT_TORCH_DEVICE) -> torch.device:
     return dev
 
 
-def fast_cpu_math() -> None:
-    """Flush denormal floats to zero (process-wide; a no-op where the CPU cannot).
+@contextlib.contextmanager
+def fast_cpu_math() -> Iterator[None]:
+    """Flush denormal floats to zero while the block runs (a no-op where the CPU cannot), then
+    restore the mode found on entry.
 
-    Why: freshly initialized timm ConvNeXts (layer scale 1e-6) and freshly inserted BNs produce
-    denormal activations, on which x86 float math is ~10-50x slower: a 4-step pruning run on
-    2 cores took 47 s with denormals and 2 s without. Flushing changes values below 1.2e-38 only.
+    Why flush: freshly initialized timm ConvNeXts (layer scale 1e-6) and freshly inserted BNs
+    produce denormal activations, on which x86 float math is ~10-50x slower: a 4-step pruning run
+    on 2 cores took 47 s with denormals and 2 s without. Flushing changes values below 1.2e-38 only.
+
+    Why restore: the flush is a register of the calling thread, so it would also make numpy read
+    float32 denormals as zero in whatever runs next in the process, such as the ONNX passes of
+    `updp run` (`updp.core.denormals`). For the same reason only threads started inside the block
+    (torch's OpenMP pool, on its first use) flush with it, and they keep the flush after it: they
+    only ever run torch kernels. A pool started before it flushes on the calling thread only.
     """
+    was = denormals_flushed()
     torch.set_flush_denormal(True)
-
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(was)
 
 
 def native_bfloat16(device: torch.device) -> bool:

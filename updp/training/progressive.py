@@ -191,6 +191,7 @@ def _final_plan(blocks: list[int], names: list[str], *, selection_rule: str, mod
                      block_options=options, notes=notes)
 
 
+@fast_cpu_math()
 def train_progressive(student: nn.Module, data, blocks: list[int], *, selection_rule: str, model_spec: dict,
                       train: TrainerConfig, method: ProgressiveConfig,
                       echo: Callable[[str], None] | None = None) -> PruneResult:
@@ -209,7 +210,6 @@ def train_progressive(student: nn.Module, data, blocks: list[int], *, selection_
     Raises:
         UnsupportedError: a block that cannot be pruned (or, with drop, dropped).
     """
-    fast_cpu_math()
     blocks = sorted(blocks)
     names = [find_blocks(student)[i].name for i in blocks]
     student.to(resolve_device(train.device))

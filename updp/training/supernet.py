@@ -46,6 +46,7 @@ from updp.blocks.discover import find_blocks
 from updp.core.constants import DEFAULT_TORCH_DEVICE
 from updp.core.errors import InputError, UnsupportedError
 from updp.data import make_loader
+from updp.training.device import fast_cpu_math
 from updp.training.trainer import Trainer, TrainerConfig
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,7 @@ def _calibration_batches(dataset, batch_size: int, n: int, seed: int) -> list[to
     return out
 
 
+@fast_cpu_math()  # the new BNs' calibration too, not only the training
 def train_supernet(model: nn.Module, data, sampler: SubnetSampler, cfg: SupernetConfig, *,
                    teacher: nn.Module | None = None, checkpoint_extra: dict[str, Any] | None = None,
                    echo: Callable[[str], None] | None = None) -> SupernetSummary:

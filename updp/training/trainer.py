@@ -230,8 +230,6 @@ class Trainer:
         self.cfg = cfg
         self.data = data
         self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu":
-            fast_cpu_math()
         if cfg.amp == "bf16" and not native_bfloat16(self.device):
             where = f"this CPU ({cpu_capability()})" if self.device.type == "cpu" else str(self.device)
             logger.warning("amp bf16: %s has no native bfloat16, so autocast emulates it and training runs "
@@ -487,6 +485,7 @@ class Trainer:
         else:
             logger.info(line)
 
+    @fast_cpu_math()
     def fit(self) -> TrainResult:
         """Train the remaining epochs (all, or those after the resumed checkpoint)."""
         t_start = time.perf_counter()

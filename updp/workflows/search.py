@@ -36,7 +36,7 @@ from updp.latency.runner import LatencySetup
 from updp.models.checkpoint import load_state, read_checkpoint
 from updp.models.fast_compute import fast_compute
 from updp.models.zoo import create_from_record
-from updp.training.device import resolve_device
+from updp.training.device import fast_cpu_math, resolve_device
 from updp.training.scoring import SubnetScorer, fixed_batches
 from updp.training.search import EvolutionConfig, SearchOutcome, SearchSpace, random_picks, search
 from updp.training.supernet import (
@@ -191,6 +191,7 @@ class _Scored:
     holdout_n: int
 
 
+@fast_cpu_math()
 def _score_and_search(cfg: SearchConfig, model: nn.Module, baseline: nn.Module, data,
                       space: SearchSpace) -> _Scored:
     """Score subnets on the holdout split and search; then the random picks and the references."""

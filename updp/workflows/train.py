@@ -77,8 +77,8 @@ def trainer_config(cfg: TrainConfig, **override) -> TrainerConfig:
     return TrainerConfig(**pick(cfg, TrainerConfig, **override))
 
 
+@fast_cpu_math()
 def _take_as_is(module: nn.Module, data: DataBundle, cfg: TrainConfig, spec: dict) -> TrainResult:
-    fast_cpu_math()
     ev = module_accuracy(module.eval(), data.val, batch_size=256)
     write_checkpoint(cfg.out, module.state_dict(), model_spec=spec, data=data.description,
                      metrics={"val_acc": ev["acc"], "val_loss": ev["loss"]})
