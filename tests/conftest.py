@@ -74,3 +74,13 @@ def tiny_scoped():
     """(ONNX model, block module paths) of a tiny net with flat and nested blocks."""
     torch.manual_seed(0)
     return _torchscript_export(TinyNet(), 16), TINY_BLOCKS
+
+
+@pytest.fixture
+def denormal_flush():
+    """For tests of the denormal mode: skipped where the CPU cannot flush denormals; the mode is
+    exact when the test starts and when it ends, whatever it asserts."""
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    yield
+    torch.set_flush_denormal(False)

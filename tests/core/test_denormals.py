@@ -13,15 +13,7 @@ import torch
 from updp.core.denormals import denormals_flushed, exact_denormals
 from updp.training.device import fast_cpu_math
 
-pytestmark = pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU cannot flush denormals")
-
-
-@pytest.fixture(autouse=True)
-def _mode_restored():
-    """Each test starts with denormals exact and leaves them so, whatever it asserts."""
-    torch.set_flush_denormal(False)
-    yield
-    torch.set_flush_denormal(False)
+pytestmark = pytest.mark.usefixtures("denormal_flush")
 
 
 def test_probe_reads_the_mode_torch_sets():

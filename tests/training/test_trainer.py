@@ -302,13 +302,11 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_finished_epoch(tmp_path, d
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
 
 
-def test_fit_flushes_denormals_while_it_trains_and_leaves_the_mode_it_found(digits):
+def test_fit_flushes_denormals_while_it_trains_and_leaves_the_mode_it_found(digits, denormal_flush):
     """The flush is a CPU register of the thread: left on after training, it made numpy read float32
     denormals as zero in whatever ran next in the process (the ONNX passes of `updp run`)."""
     from updp.core.denormals import denormals_flushed
 
-    if not torch.set_flush_denormal(False):
-        pytest.skip("this CPU cannot flush denormals")
     m, _ = _model()
     seen = []
     Trainer(m, digits, _cfg(None, "unused", epochs=1, max_steps_per_epoch=1, kd_alpha=0.0),
