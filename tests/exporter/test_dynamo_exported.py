@@ -1,4 +1,5 @@
-"""`updp optimize` on files from torch's default exporter, the torch.export-based one (`dynamo=True`).
+"""Files from torch's default exporter, the torch.export-based one (`dynamo=True`): `updp optimize`
+on a user's such file, and `updp export --exporter dynamo`.
 
 Since torch 2.9 `torch.onnx.export(model, args, path)` uses it, so it is what a user's own ONNX
 file most likely came from; updp's own export keeps the TorchScript exporter (see
@@ -14,6 +15,8 @@ Needs onnxscript (the exporter's own dependency, in the `dev` extra); skipped wi
 
 from __future__ import annotations
 
+import copy
+import sys
 import warnings
 
 import numpy as np
@@ -21,11 +24,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import helper
 
 from updp.blocks import apply_pruning, calibrate_bn, randomize_norm_stats
+from updp.blocks.discover import find_blocks
+from updp.cli import main
+from updp.core.constants import EXPORTERS
+from updp.core.errors import InputError
+from updp.exporter.export import export_module
 from updp.exporter.optimize import optimize_file
+from updp.exporter.scopes import scope_fragment
+from updp.exporter.torch_export import _DYNAMO_SCOPES_KEY, _scoped_node_names, get_metadata
 from updp.models import create_for_data
 from updp.verify import compare_outputs
+from updp.workflows.config import ExportConfig
 
 pytest.importorskip("onnxscript", reason="torch's dynamo ONNX exporter needs onnxscript")
 
@@ -116,3 +128,75 @@ def test_deit_pruned_blocks_merge_their_matmuls(tmp_path):
 
     assert products(res.ops_before) - products(res.ops_after) == len(DEIT_PRUNED)
     _matches_torch(model, out, batch=2)  # exported at a fixed batch of 2
+
+
+# --- updp's own export with `exporter="dynamo"` ------------------------------------------------
+
+
+def test_updp_export_with_the_dynamo_exporter_merges_like_the_torchscript_one(tmp_path):
+    """The same pruned ConvNeXt through both exporters: the same blocks merge, both verified and
+    matching torch; the dynamo file's nodes carry module scopes (so per-block profiles attribute
+    them) and none of the exporter's metadata (stack traces with local paths)."""
+    module = create_for_data("timm:convnext_atto", num_classes=10, input_chw=(3, 32, 32), seed=0)[0]
+    randomize_norm_stats(module, seed=0)
+    blocks = find_blocks(module, (1, 3, 32, 32))
+    results = {}
+    for exporter in EXPORTERS:
+        results[exporter] = export_module(copy.deepcopy(module), (1, 3, 32, 32), CONVNEXT_PRUNED,
+                                          out=tmp_path / f"{exporter}.onnx", optimize=True, verify=True, polish=True,
+                                          opset=18, dynamic_batch=True, weights="random", exporter=exporter)
+    dyn, ts = results["dynamo"], results["torchscript"]
+    assert dyn.verified and dyn.max_abs_diff is not None and dyn.torch_max_abs_diff is not None
+    assert len(dyn.decisions) == len(ts.decisions) == len(CONVNEXT_PRUNED)
+    assert dyn.ops_after["Conv"] == ts.ops_after["Conv"]
+    written = onnx.load(str(tmp_path / "dynamo.onnx"))
+    assert get_metadata(written)["updp.exporter"] == "dynamo"
+    assert not [p.key for n in written.graph.node for p in n.metadata_props]
+    names = [n.name for n in written.graph.node]
+    assert len(set(names)) == len(names)
+    for b in blocks:  # every block, pruned or not, owns nodes by its scope
+        assert any(scope_fragment(b.name) in name for name in names), b.name
+    pruned = copy.deepcopy(module)
+    apply_pruning(pruned, CONVNEXT_PRUNED, lam=1.0)
+    for batch in (1, 4):
+        _matches_torch(pruned.eval(), tmp_path / "dynamo.onnx", batch)
+
+
+def test_scoped_node_names_follow_the_torchscript_scheme():
+    def node(op, name, scopes=None, extra=()):
+        n = helper.make_node(op, ["x"], [name + "_out"], name=name)
+        for key, value in ([(_DYNAMO_SCOPES_KEY, scopes)] if scopes is not None else []) + list(extra):
+            entry = n.metadata_props.add()
+            entry.key, entry.value = key, value
+        return n
+
+    trace = ("pkg.torch.onnx.stack_trace", 'File "/home/someone/model.py", line 3')
+    nodes = [node("Conv", "node_Conv_0", "['', 'stages', 'stages.0', 'stages.0.blocks', 'stages.0.blocks.3', "
+                  "'stages.0.blocks.3.conv_dw', 'conv2d']", [trace]),
+             node("Mul", "node_mul_1", "['', 'stages', 'stages.0', 'stages.0.blocks', 'stages.0.blocks.3', 'mul']"),
+             node("Mul", "node_mul_2", "['', 'stages', 'stages.0', 'stages.0.blocks', 'stages.0.blocks.3', 'mul_1']"),
+             node("Add", "node_add", "['', 'add']"),  # the root module's own op
+             node("Identity", "val_7"),  # made by the exporter's optimizer: no scopes
+             node("Relu", "node_relu", "not a list", [("user.key", "kept")])]
+    graph = helper.make_graph(nodes, "g", [], [])
+    model = helper.make_model(graph)
+    _scoped_node_names(model)
+    assert [n.name for n in model.graph.node] == [
+        "/stages/stages.0/blocks/blocks.3/conv_dw/Conv", "/stages/stages.0/blocks/blocks.3/Mul",
+        "/stages/stages.0/blocks/blocks.3/Mul_1", "/Add", "val_7", "node_relu"]
+    assert [[(p.key, p.value) for p in n.metadata_props] for n in model.graph.node] == [[], [], [], [], [],
+                                                                                        [("user.key", "kept")]]
+
+
+def test_dynamo_exporter_without_onnxscript_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    rc = main(["export", "timm:convnext_atto", "--input-size", "32", "--num-classes", "10", "--exporter", "dynamo",
+               "--out", str(tmp_path / "m.onnx")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 3 and len(err) == 1 and "needs onnxscript" in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_exporter_is_refused():
+    with pytest.raises(InputError, match="--exporter"):
+        ExportConfig(model="timm:convnext_atto", out="m.onnx", exporter="tflite")

@@ -23,6 +23,11 @@ AMP_MODES: tuple[str, ...] = ("off", "bf16")
 DEFAULT_OPSET = 18
 MIN_EXPORT_OPSET = 17
 
+# Which torch exporter writes updp's exports: "torchscript" (`dynamo=False`, the default: faster here
+# and scoped node names) or "dynamo" (torch.export-based, torch's own default; needs onnxscript).
+EXPORTERS: tuple[str, ...] = ("torchscript", "dynamo")
+DEFAULT_EXPORTER = "torchscript"
+
 # Where ONNX Runtime runs ("cuda" needs onnxruntime-gpu; "tensorrt" its TensorRT provider and the
 # TensorRT libraries), and where torch trains ("auto" is CUDA when present, else the CPU; also "cuda:N").
 ORT_DEVICES: tuple[str, ...] = ("cpu", "cuda", "tensorrt")

@@ -27,6 +27,7 @@ import torch
 
 from updp.blocks.convert import apply_pruning, randomize_norm_stats
 from updp.blocks.discover import find_blocks
+from updp.core.constants import DEFAULT_EXPORTER
 from updp.core.errors import VerificationError
 from updp.exporter.optimize import op_counts
 from updp.exporter.torch_export import full_check, save_model, set_metadata, simplify, torch_to_onnx, versions
@@ -95,7 +96,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
                   out: str | Path | None, optimize: bool, verify: bool, polish: bool, opset: int,
                   dynamic_batch: bool, weights: str, randomize_norms: int | None = None,
                   already_pruned: bool = False, selection_rule: str = "manual", model_label: str = "custom",
-                  model_kwargs: dict | None = None) -> ExportResult:
+                  model_kwargs: dict | None = None, exporter: str = DEFAULT_EXPORTER) -> ExportResult:
     """Prune blocks `chosen` of a module at λ = 1, export, merge, verify and write `out`.
 
     Works on any module whose blocks updp recognizes (including user-registered ones).
@@ -116,6 +117,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         selection_rule: how the blocks were chosen (metadata).
         model_label: the model's name (metadata).
         model_kwargs: its constructor arguments (metadata).
+        exporter: the torch exporter, "torchscript" or "dynamo" (`updp.exporter.torch_export`).
 
     Raises:
         UnsupportedError: the export fails or the result fails the ONNX checker.
@@ -130,8 +132,8 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         randomize_norm_stats(module, seed=randomize_norms)
     module.eval()
     names = [blocks[i].name for i in chosen]
-    reference = simplify(torch_to_onnx(module, input_shape, dynamic_batch=dynamic_batch, opset=opset),
-                         optimize=False)
+    reference = simplify(torch_to_onnx(module, input_shape, dynamic_batch=dynamic_batch, opset=opset,
+                                       exporter=exporter), optimize=False)
     torch_diff = torch_parity(module, reference, input_shape) if verify else None
     result_model, decisions, refusals = reference, [], []
     if optimize:
@@ -148,6 +150,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         "updp.model": model_label, "updp.model_kwargs": dict(model_kwargs or {}),
         "updp.input_shape": list(input_shape), "updp.pruned_blocks": list(chosen), "updp.pruned_block_names": names,
         "updp.lambda": 1.0, "updp.selection_rule": selection_rule, "updp.weights": weights,
+        "updp.exporter": exporter,
         "updp.versions": versions(),
         "updp.verified_max_abs_diff": max_diff if max_diff is not None else "not verified",
         "updp.block_scopes": {str(b.index): b.name for b in blocks},

@@ -1,9 +1,17 @@
 """torch → ONNX: export, full checker, onnxsim clean-up and provenance metadata.
 
-Why the TorchScript exporter (`dynamo=False`): on this project's reference machine it exports
-about 5x faster than `dynamo=True` and the two give the same ONNX Runtime latency; it also names
-every node after its module scope (`/stages/stages.0/blocks/blocks.3/conv_dw/Conv`), which is what
-`updp.latency.profile` uses to attribute time to blocks.
+Why the TorchScript exporter (`dynamo=False`) by default: on this project's reference machine it
+exports about 5x faster than `dynamo=True` and the two give the same ONNX Runtime latency; it also
+names every node after its module scope (`/stages/stages.0/blocks/blocks.3/conv_dw/Conv`), which is
+what `updp.latency.profile` uses to attribute time to blocks.
+
+Why the torch.export-based exporter as a choice (`exporter="dynamo"`): it is torch's default since
+2.9, and torch deprecates the TorchScript one ("will be removed"); it also exports some models the
+tracer cannot. Its node names carry no scope (`node_Conv_12`), but each node records its module
+path in its metadata, so the nodes are renamed to the TorchScript scheme (`_scoped_node_names`)
+and the per-block attribution works on either export. That metadata (which also holds the Python
+stack trace of every op, with the paths of the machine that exported it) is then dropped: a
+deployed file should not carry it.
 
 Why onnxsim runs twice with different settings: before our passes it only folds constants and
 infers shapes (`perform_optimization=False`), because its optimizer rewrites `MatMul + Add` into
@@ -17,6 +25,7 @@ starts without the seconds those imports take.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import json
@@ -35,10 +44,11 @@ from typing import TYPE_CHECKING
 import onnx
 import onnxruntime
 
-from updp.core.constants import DEFAULT_OPSET, MIN_EXPORT_OPSET
+from updp.core.constants import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_EXPORT_OPSET
 from updp.core.errors import InputError, UnsupportedError
 from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
+from updp.exporter.scopes import scope_fragment
 from updp.ort import is_large, model_file, save_external
 
 if TYPE_CHECKING:
@@ -77,22 +87,24 @@ def _quiet_export():
 
 
 def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynamic_batch: bool = False,
-                  opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """Export `model` (eval mode, CPU, float32) with the TorchScript exporter and check it.
+                  opset: int = DEFAULT_OPSET, exporter: str = DEFAULT_EXPORTER) -> onnx.ModelProto:
+    """Export `model` (eval mode, CPU, float32) and check it.
 
     Args:
         model: the module to export; it is put in eval mode.
         input_shape: full input shape including batch, e.g. (1, 3, 224, 224).
         dynamic_batch: mark axis 0 of the input and the output as symbolic `batch`.
         opset: ONNX opset (>= 17, for LayerNormalization).
+        exporter: "torchscript" or "dynamo" (see the module docstring).
     """
     import torch  # lazy: see the module docstring
 
     if opset < MIN_EXPORT_OPSET:
         raise InputError(f"opset {opset} is too old: updp needs >= {MIN_EXPORT_OPSET} (LayerNormalization)")
+    if exporter not in EXPORTERS:
+        raise InputError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     model = model.eval().float().cpu()
     x = torch.randn(*input_shape)
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
     with scratch_dir("export") as tmp:
         path = os.path.join(tmp, "model.onnx")
         # nn.MultiheadAttention's inference fast path (`_native_multi_head_attention`) has no ONNX
@@ -101,17 +113,89 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         torch.backends.mha.set_fastpath_enabled(False)
         try:
             with torch.no_grad(), _quiet_export():
-                torch.onnx.export(model, (x,), path, dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes=dynamic_axes, do_constant_folding=True)
+                if exporter == "dynamo":
+                    _dynamo_export(model, x, path, dynamic_batch=dynamic_batch, opset=opset)
+                else:
+                    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
+                    torch.onnx.export(model, (x,), path, dynamo=False, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_axes=dynamic_axes, do_constant_folding=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UnsupportedError(f"torch.onnx.export failed: {first}") from None
+            raise UnsupportedError(f"torch.onnx.export failed: {_first_line(exc)}") from None
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         proto = onnx.load(path)
+    if exporter == "dynamo":
+        _scoped_node_names(proto)
     full_check(proto, "exported model")
     return proto
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dynamo_export(model: torch.nn.Module, x: torch.Tensor, path: str, *, dynamic_batch: bool, opset: int) -> None:
+    """torch.export-based export to `path`; its failures raise as RuntimeError with the cause's first line."""
+    import torch  # lazy: see the module docstring
+
+    try:
+        import onnxscript  # noqa: F401  the exporter's own dependency; checked here for a clear message
+    except ImportError:
+        raise UnsupportedError("--exporter dynamo needs onnxscript: pip install onnxscript "
+                               "(or use the default TorchScript exporter)") from None
+    dynamic_shapes = None
+    if dynamic_batch:
+        dynamic_shapes = ({0: torch.export.Dim("batch")},)
+        # torch.export specializes a size-1 axis to the constant 1 (then refuses it as dynamic)
+        x = x.expand(max(2, x.shape[0]), *x.shape[1:]).contiguous()
+    try:
+        # it logs its internal retries as errors, with tracebacks: they go to the debug log
+        with _output_to_debug_log("torch.onnx.export (dynamo)"):
+            torch.onnx.export(model, (x,), path, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False)
+    except Exception as exc:  # torch.export raises many types; the summary names the exporter's step
+        cause = exc.__cause__ or exc
+        raise RuntimeError(f"{type(cause).__name__}: {_first_line(cause)}") from None
+
+
+# Node metadata the torch.export-based exporter writes: the module path of each node (read by
+# `_scoped_node_names`), its module classes, FX node and Python stack trace.
+_DYNAMO_SCOPES_KEY = "pkg.torch.onnx.name_scopes"
+_DYNAMO_METADATA_PREFIXES = ("pkg.torch.onnx.", "namespace")
+
+
+def _scoped_node_names(model: onnx.ModelProto) -> None:
+    """Rename the nodes of a torch.export-based export to the TorchScript exporter's scheme,
+    `<scope_fragment of the node's module>/<OpType>` (unique with `_1`, `_2`, ...), and drop the
+    exporter's node metadata (see the module docstring).
+
+    The module path is the next-to-last entry of the node's `name_scopes` (the last is the FX
+    node's own name). A node without them (one the exporter's optimizer made) keeps its name:
+    without a "/", it is attributed like the TorchScript exporter's unscoped nodes.
+    """
+    taken: set[str] = set()  # the new names have a "/"; the exporter's own never do
+    for node in model.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == _DYNAMO_SCOPES_KEY), None)
+        kept = [p for p in node.metadata_props if not p.key.startswith(_DYNAMO_METADATA_PREFIXES)]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+        try:
+            path = ast.literal_eval(scopes) if scopes else None
+        except (ValueError, SyntaxError):
+            path = None
+        if not isinstance(path, list) or len(path) < 2 or not all(isinstance(p, str) for p in path):
+            taken.add(node.name)
+            continue
+        module = path[-2]
+        base = f"{scope_fragment(module) if module else '/'}{node.op_type}"
+        name, k = base, 0
+        while name in taken:
+            k += 1
+            name = f"{base}_{k}"
+        node.name = name
+        taken.add(name)
 
 
 def full_check(model: onnx.ModelProto | str | os.PathLike, what: str) -> None:

@@ -32,6 +32,17 @@ Rules:
 ``cancel_transposes``
     Before: ``x -> Transpose(p) -> Transpose(q) -> y`` with q o p = identity.  After: ``y = x``.
     Conditions: the intermediate has one reader.
+
+``gelu_constant_last``
+    Before: ``Mul(x, Mul(c, 1 + Erf(x / s)))``, the erf GELU in the order torch's torch.export-based
+    exporter writes below opset 20.  After: ``Mul(Mul(x, 1 + Erf(x / s)), c)``, the order of the
+    TorchScript exporter, which ONNX Runtime fuses into one Gelu kernel (it does not fuse the
+    other: measured on a pruned ConvNeXt-T, 18 GELUs left as 5 nodes each and the file 8% slower).
+    Conditions: c and s are one-element constants (the shapes stay as they are), the Add adds 1,
+    each intermediate has one reader, and c is a power of two (0.5 here).
+    Formula: x * (c * a) = (x * a) * c, exact for c = 2^k: scaling by a power of two rounds
+    nothing, so both sides round the same product once; they can differ only where a result
+    overflows or is subnormal.
 """
 
 from __future__ import annotations
@@ -289,7 +300,84 @@ class CancelTransposes(Rule[TransposePairMatch, Proceed]):
         assert g.bypass(m.second, src)
 
 
-RULES = [ConstantToInitializer(), RemoveIdentity(), RemoveNeutralElementwise(), ConstArithmetic(), CancelTransposes()]
+# ------------------------------------------------------------------------- GELU's constant factor
+
+
+def _one_element(c: np.ndarray | None) -> bool:
+    return c is not None and c.size == 1 and float_dtype(c)
+
+
+def _other_input(n, k: int) -> str:
+    return n.input[1 - k]
+
+
+@dataclass(frozen=True)
+class GeluConstantMatch:
+    scale_mul: int  # Mul(c, 1 + erf): the constant factor
+    outer_mul: int  # Mul(x, scale_mul's output)
+    c_pos: int  # where c sits in scale_mul
+    x: str
+
+
+class GeluConstantLast(Rule[GeluConstantMatch, Proceed]):
+    """Mul(x, Mul(c, 1 + Erf(x / s))) -> Mul(Mul(x, 1 + Erf(x / s)), c), the order ORT fuses."""
+
+    name = "gelu_constant_last"
+    anchors = ("Erf",)
+
+    def match(self, g: Graph, idx: int) -> GeluConstantMatch | None:
+        erf = g.node(idx)
+        scaling = g.producer_of(erf.input[0])
+        if scaling is None or g.node(scaling).op_type not in ("Div", "Mul") or len(g.node(scaling).input) != 2:
+            return None
+        sc = g.node(scaling)
+        k = 1 if sc.op_type == "Div" else next((k for k in (0, 1) if g.const(sc.input[k]) is not None), None)
+        if k is None or not _one_element(g.const(sc.input[k])) or g.const(sc.input[1 - k]) is not None:
+            return None
+        x = sc.input[1 - k]
+        add = g.single_consumer(erf.output[0])
+        if add is None or g.node(add).op_type != "Add":
+            return None
+        a = g.node(add)
+        one = g.const(_other_input(a, list(a.input).index(erf.output[0])))
+        if not _one_element(one) or float(one.reshape(())) != 1.0:
+            return None
+        scale_mul = g.single_consumer(a.output[0])
+        if scale_mul is None or g.node(scale_mul).op_type != "Mul":
+            return None
+        m1 = g.node(scale_mul)
+        c_pos = 1 - list(m1.input).index(a.output[0])
+        if not _one_element(g.const(m1.input[c_pos])):
+            return None
+        outer_mul = g.single_consumer(m1.output[0])
+        if outer_mul is None or g.node(outer_mul).op_type != "Mul":
+            return None
+        m2 = g.node(outer_mul)
+        if m2.input[1 - list(m2.input).index(m1.output[0])] != x:
+            return None
+        return GeluConstantMatch(scale_mul, outer_mul, c_pos, x)
+
+    def check(self, g: Graph, m: GeluConstantMatch) -> Refusal | Proceed:
+        c = g.const(g.node(m.scale_mul).input[m.c_pos]).astype(np.float64)
+        if not np.all(np.isfinite(c)) or np.any(c == 0) or np.any(np.frexp(np.abs(c))[0] != 0.5):
+            return "the constant factor is not a power of two: moving it would change the rounding"
+        rank = g.rank(m.x)
+        if c.ndim > 0 and (rank is None or c.ndim > rank):
+            return "cannot prove the constant factor does not raise the rank of the product"
+        return PROCEED
+
+    def rewrite(self, g: Graph, m: GeluConstantMatch, plan: Proceed, tally: RewriteTally) -> None:
+        inner = g.node(m.scale_mul)
+        c, one_plus_erf, product = inner.input[m.c_pos], inner.input[1 - m.c_pos], inner.output[0]
+        # exactly the TorchScript exporter's operand order, the one ORT's fusion is known to match
+        g.set_input(m.scale_mul, 0, m.x)  # now x * (1 + erf): the shape of x, as before
+        g.set_input(m.scale_mul, 1, one_plus_erf)
+        g.set_input(m.outer_mul, 0, product)
+        g.set_input(m.outer_mul, 1, c)
+
+
+RULES = [ConstantToInitializer(), RemoveIdentity(), RemoveNeutralElementwise(), ConstArithmetic(), CancelTransposes(),
+         GeluConstantLast()]
 
 
 def canonicalize(g: Graph) -> RewriteTally:

@@ -168,7 +168,7 @@ PruneSection = derive_section(
     "PruneSection", PruneConfig, exclude=(*RUN_DECIDES, "plan", "blocks", "prune", "no_supernet"),
     doc="Stage `prune`: the settings of `updp prune` (the blocks come from the search stage's plan).")
 ExportSection = derive_section(
-    "ExportSection", ExportConfig, keep=("opset", "seed"),
+    "ExportSection", ExportConfig, keep=("opset", "exporter", "seed"),
     doc="Stage `export`: both checkpoints to ONNX, merged and verified (the settings of `updp export` that a "
         "run may change; merging and verifying are not optional here).")
 def _precision_post_init(self) -> None:

@@ -27,11 +27,13 @@ from typing import Any
 
 from updp.core.constants import (
     AMP_MODES,
+    DEFAULT_EXPORTER,
     DEFAULT_OPSET,
     DEFAULT_REPEATS,
     DEFAULT_THREADS,
     DEFAULT_TORCH_DEVICE,
     DEFAULT_WARMUP,
+    EXPORTERS,
     OPT_LEVELS,
     ORT_DEVICES,
     PRUNE_METHODS,
@@ -434,6 +436,9 @@ class ExportConfig(PrecisionOptions):
     verify: bool = option(True, help="skip the ORT equivalence check (not advised)", flag="--no-verify")
     polish: bool = option(True, help="skip the final onnxsim polish", flag="--no-onnxsim")
     opset: int = option(DEFAULT_OPSET, help="ONNX opset")
+    exporter: str = option(DEFAULT_EXPORTER, choices=EXPORTERS,
+                           help="torch exporter: torchscript (default: faster here) or dynamo (torch.export-based, "
+                                "torch's own default; needs onnxscript)")
     seed: int = option(0, help="seed for random weights/statistics")
 
     def __post_init__(self) -> None:
@@ -445,6 +450,7 @@ class ExportConfig(PrecisionOptions):
         self.input_size = _input_size(self.input_size, "--input-size")
         _at_least(self.batch, 1, "--batch")
         _at_least(self.prune, 1, "--prune")
+        _choice(self.exporter, EXPORTERS, "--exporter")
         super().__post_init__()
 
 

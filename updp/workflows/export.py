@@ -107,7 +107,8 @@ def export(cfg: ExportConfig) -> ExportResult:
     result = export_module(module, input_shape, chosen, out=None, optimize=cfg.optimize, verify=cfg.verify,
                            polish=cfg.polish, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, weights=weights,
                            randomize_norms=None if cfg.checkpoint else cfg.seed, already_pruned=plan is not None,
-                           selection_rule=rule, model_label=cfg.model, model_kwargs=cfg.model_kwargs)
+                           selection_rule=rule, model_label=cfg.model, model_kwargs=cfg.model_kwargs,
+                           exporter=cfg.exporter)
     made = derive_files(result.onnx_model, cfg.out, cfg, where=cfg.out)
     save_model(result.onnx_model, cfg.out)
     result.out = str(cfg.out)
