@@ -105,12 +105,21 @@ def _matmul_chain(b):
     return b.model({"x": (1, 4, 8)}, {"y": None})
 
 
+def _gelu_half_first(b):  # the erf GELU as torch.export writes it below opset 20
+    h = b.op("Relu", ["x"])
+    e = b.op("Erf", [b.op("Div", [h, b.const(np.array(1.4142135))])])
+    half = b.op("Mul", [b.const(np.array(0.5)), b.op("Add", [e, b.const(np.array(1.0))])])
+    b.rename_output(b.op("Mul", [h, half]), "y")
+    return b.model({"x": (2, 4)}, {"y": None})
+
+
 FIRING = {
     "ConstantToInitializer": _constant,
     "RemoveIdentity": _identity,
     "RemoveNeutralElementwise": _neutral,
     "ConstArithmetic": _const_arith,
     "CancelTransposes": _transpose_pair,
+    "GeluConstantLast": _gelu_half_first,
     "TransposedBatchNorm": _transposed_bn,
     "ChannelsLastSandwich": _sandwich,
     "FoldAffineAfter": _affine_after,
