@@ -141,7 +141,7 @@ def _dynamo_export(model: torch.nn.Module, x: torch.Tensor, path: str, *, dynami
     import torch  # lazy: see the module docstring
 
     try:
-        import onnxscript  # noqa: F401  the exporter's own dependency; checked here for a clear message
+        import onnxscript  # noqa: F401  # lazy: the exporter's own dependency, optional; checked here for a clear message
     except ImportError:
         raise UnsupportedError("--exporter dynamo needs onnxscript: pip install onnxscript "
                                "(or use the default TorchScript exporter)") from None
