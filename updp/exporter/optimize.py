@@ -43,7 +43,7 @@ from updp.exporter.torch_export import full_check, save_model, simplify, staged_
 from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import infer_types, optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
-from updp.ort import is_large, load_onnx, make_session
+from updp.ort import first_line, is_large, load_onnx, make_session
 from updp.verify import check_equivalence
 
 
@@ -73,7 +73,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx
         if model.functions and not converted.functions:
             converted.functions.extend(model.functions)
     except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UnsupportedError(f"default-domain opset {version} is older than the passes read ({target}), and "
                                f"onnx's version converter cannot convert this model: {first}") from None
     # The IR version the new default-domain opset needs (the converter leaves the other domains,
@@ -147,7 +147,7 @@ def _check_input(model: onnx.ModelProto, src: str | Path) -> None:
     try:
         onnx.checker.check_model(str(src) if is_large(model) else model, full_check=True)
     except Exception as exc:  # ValidationError, InferenceError; ValueError from its C++ core for codes it does not know
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid model"
+        first = first_line(exc, "invalid model")
         raise InputError(f"{src} fails onnx's full check: {first}") from None
 
 

@@ -49,7 +49,7 @@ from updp.core.errors import InputError, UnsupportedError
 from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
 from updp.exporter.scopes import scope_fragment
-from updp.ort import is_large, model_file, save_external
+from updp.ort import first_line, is_large, model_file, save_external
 
 if TYPE_CHECKING:
     import torch
@@ -121,7 +121,7 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
                                       input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                       dynamic_axes=dynamic_axes, do_constant_folding=True)
         except RuntimeError as exc:
-            raise UnsupportedError(f"torch.onnx.export failed: {_first_line(exc)}") from None
+            raise UnsupportedError(f"torch.onnx.export failed: {first_line(exc)}") from None
         finally:
             torch.backends.mha.set_fastpath_enabled(fastpath)
         proto = onnx.load(path)
@@ -129,11 +129,6 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         _scoped_node_names(proto)
     full_check(proto, "exported model")
     return proto
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _dynamo_export(model: torch.nn.Module, x: torch.Tensor, path: str, *, dynamic_batch: bool, opset: int) -> None:
@@ -157,7 +152,7 @@ def _dynamo_export(model: torch.nn.Module, x: torch.Tensor, path: str, *, dynami
                               output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, verbose=False)
     except Exception as exc:  # torch.export raises many types; the summary names the exporter's step
         cause = exc.__cause__ or exc
-        raise RuntimeError(f"{type(cause).__name__}: {_first_line(cause)}") from None
+        raise RuntimeError(f"{type(cause).__name__}: {first_line(cause)}") from None
 
 
 # Node metadata the torch.export-based exporter writes: the module path of each node (read by
@@ -208,7 +203,7 @@ def full_check(model: onnx.ModelProto | str | os.PathLike, what: str) -> None:
         else:
             onnx.checker.check_model(model if isinstance(model, onnx.ModelProto) else str(model), full_check=True)
     except Exception as exc:  # ValidationError, InferenceError; ValueError from its C++ core for codes it does not know
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "invalid"
+        first = first_line(exc, "invalid")
         raise UnsupportedError(f"{what} fails the ONNX checker: {first}") from None
 
 
@@ -254,7 +249,7 @@ def simplify(model: onnx.ModelProto, *, optimize: bool) -> onnx.ModelProto:
         with _quiet_export(), _output_to_debug_log("onnxsim"):
             simplified, ok = onnxsim.simplify(model, perform_optimization=optimize)
     except Exception as exc:  # onnxsim raises bare RuntimeErrors from its C++ core
-        logger.warning("onnxsim skipped: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        logger.warning("onnxsim skipped: %s", first_line(exc))
         return model
     if not ok:
         logger.warning("onnxsim could not validate its result; keeping the unsimplified model")

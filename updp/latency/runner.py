@@ -42,7 +42,7 @@ import onnxruntime as ort
 from updp.core.constants import DEFAULT_REPEATS, DEFAULT_WARMUP, OPT_LEVELS, ORT_DEVICES
 from updp.core.errors import InputError
 from updp.core.io import write_text_atomic
-from updp.ort import default_providers, input_specs, make_session, random_inputs
+from updp.ort import default_providers, first_line, input_specs, make_session, random_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +272,7 @@ def _check_batch_axis(names: list[str], sessions: list, batch: int) -> None:
 def _cannot_run(name: str, exc: Exception) -> InputError:
     """A model ONNX Runtime loads but cannot run (an attribute its kernel refuses, no outputs, a
     tensor it cannot allocate), named in one line."""
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return InputError(f"ONNX Runtime cannot run model {name!r} on random inputs: {reason}")
 
 

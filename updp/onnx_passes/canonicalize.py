@@ -307,8 +307,9 @@ def _one_element(c: np.ndarray | None) -> bool:
     return c is not None and c.size == 1 and float_dtype(c)
 
 
-def _other_input(n, k: int) -> str:
-    return n.input[1 - k]
+def _other_operand(n, name: str) -> str:
+    """The input of a two-input node that is not `name`."""
+    return n.input[1 - list(n.input).index(name)]
 
 
 @dataclass(frozen=True)
@@ -328,9 +329,11 @@ class GeluConstantLast(Rule[GeluConstantMatch, Proceed]):
     def match(self, g: Graph, idx: int) -> GeluConstantMatch | None:
         erf = g.node(idx)
         scaling = g.producer_of(erf.input[0])
-        if scaling is None or g.node(scaling).op_type not in ("Div", "Mul") or len(g.node(scaling).input) != 2:
+        if scaling is None:
             return None
         sc = g.node(scaling)
+        if sc.op_type not in ("Div", "Mul") or len(sc.input) != 2:
+            return None
         k = 1 if sc.op_type == "Div" else next((k for k in (0, 1) if g.const(sc.input[k]) is not None), None)
         if k is None or not _one_element(g.const(sc.input[k])) or g.const(sc.input[1 - k]) is not None:
             return None
@@ -339,21 +342,21 @@ class GeluConstantLast(Rule[GeluConstantMatch, Proceed]):
         if add is None or g.node(add).op_type != "Add":
             return None
         a = g.node(add)
-        one = g.const(_other_input(a, list(a.input).index(erf.output[0])))
+        one = g.const(_other_operand(a, erf.output[0]))
         if not _one_element(one) or float(one.reshape(())) != 1.0:
             return None
         scale_mul = g.single_consumer(a.output[0])
         if scale_mul is None or g.node(scale_mul).op_type != "Mul":
             return None
         m1 = g.node(scale_mul)
-        c_pos = 1 - list(m1.input).index(a.output[0])
+        c_pos = 1 - list(m1.input).index(a.output[0])  # the rewrite needs the position, not only the name
         if not _one_element(g.const(m1.input[c_pos])):
             return None
         outer_mul = g.single_consumer(m1.output[0])
         if outer_mul is None or g.node(outer_mul).op_type != "Mul":
             return None
         m2 = g.node(outer_mul)
-        if m2.input[1 - list(m2.input).index(m1.output[0])] != x:
+        if _other_operand(m2, m1.output[0]) != x:
             return None
         return GeluConstantMatch(scale_mul, outer_mul, c_pos, x)
 
