@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from updp.core.constants import OPT_LEVELS
-from updp.core.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError, first_line
 from updp.core.io import scratch_dir
 
 logger = logging.getLogger(__name__)
@@ -95,12 +95,6 @@ def model_file(model: onnx.ModelProto | str | os.PathLike) -> Iterator[str]:
         else:
             onnx.save(model, str(path))
         yield str(path)
-
-
-def first_line(exc: BaseException, default: str | None = None) -> str:
-    """An exception's message as one line (C++ libraries put file names and context on the next)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else (default or type(exc).__name__)
 
 
 def read_onnx(path: str | os.PathLike, load_external_data: bool = True) -> onnx.ModelProto:

@@ -42,7 +42,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from updp.core.errors import UnsupportedError, VerificationError
+from updp.core.errors import UnsupportedError, VerificationError, first_line
 from updp.feeds import generate_feeds
 from updp.ort import make_session, read_onnx
 
@@ -207,11 +207,6 @@ def compare_outputs(ref: list, out: list, names: list[str], random: frozenset[st
     return EquivalenceReport(t.max_diff, t.max_ref, rel, 1, not t.failures, t.per, t.failures, t.tolerances)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
 def _normalized(value: Any) -> Any:
     """A feed value as a runtime takes it: arrays for numpy scalars and TensorProtos, lists kept."""
     if isinstance(value, onnx.TensorProto):
@@ -258,7 +253,7 @@ def _reference_runner(reference, feeds: list[dict]) -> tuple[_Runner, list[list]
             ref = _Runner(reference, runtime)
             return ref, [ref.run(f) for f in feeds]
         except Exception as exc:  # each runtime raises its own types for a model or an input it refuses
-            reasons.append(f"{runtime}: {_first_line(exc)}")
+            reasons.append(f"{runtime}: {first_line(exc)[:300]}")
     raise UnsupportedError("cannot run the original model to check the result (" + "; ".join(reasons) +
                            "); give inputs the model accepts with --inputs F.npz")
 
@@ -276,12 +271,12 @@ def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime:
         try:
             cand = _Runner(candidate, runtime)
         except Exception as exc:  # the reference loads, the candidate does not
-            last = f"does not load in {runtime}: {_first_line(exc)}"
+            last = f"does not load in {runtime}: {first_line(exc)[:300]}"
             continue
         try:
             return runtime, [cand.run(f) for f in feeds]
         except Exception as exc:  # the reference runs on these inputs, the candidate does not
-            last = f"fails in {runtime}: {_first_line(exc)}"
+            last = f"fails in {runtime}: {first_line(exc)[:300]}"
     raise VerificationError(f"{what} {last}, where the original runs ({ref.runtime}); "
                             "no output was written")
 

@@ -146,6 +146,8 @@ def test_updp_export_with_the_dynamo_exporter_merges_like_the_torchscript_one(tm
                                           out=tmp_path / f"{exporter}.onnx", optimize=True, verify=True, polish=True,
                                           opset=18, dynamic_batch=True, weights="random", exporter=exporter)
     dyn, ts = results["dynamo"], results["torchscript"]
+    assert (dyn.exporter, ts.exporter) == ("dynamo", "torchscript")
+    assert dyn.to_dict()["exporter"] == "dynamo" and "exporter: dynamo" in dyn.format_summary()
     assert dyn.verified and dyn.max_abs_diff is not None and dyn.torch_max_abs_diff is not None
     assert len(dyn.decisions) == len(ts.decisions) == len(CONVNEXT_PRUNED)
     assert dyn.ops_after["Conv"] == ts.ops_after["Conv"]

@@ -36,3 +36,10 @@ class VerificationError(UpdpError):
     """The optimized model's outputs differ from the reference beyond tolerance."""
 
     exit_code = 4
+
+
+def first_line(exc: BaseException, default: str | None = None) -> str:
+    """An exception's message as one line: what the CLI prints, and what a wrapping error quotes
+    (C++ libraries such as ONNX Runtime and protobuf put file names and context on the next ones)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else (default or type(exc).__name__)

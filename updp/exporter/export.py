@@ -47,6 +47,7 @@ class ExportResult:
     block_names: list[str]
     selection_rule: str
     weights: str
+    exporter: str  # the torch exporter that wrote the reference (`updp.core.constants.EXPORTERS`)
     nodes_before: int
     nodes_after: int
     ops_before: dict[str, int]
@@ -71,7 +72,8 @@ class ExportResult:
 
     def format_summary(self) -> str:
         lines = [f"wrote {self.out}",
-                 f"  model {self.model} input {tuple(self.input_shape)} weights: {self.weights}",
+                 f"  model {self.model} input {tuple(self.input_shape)} weights: {self.weights} "
+                 f"exporter: {self.exporter}",
                  f"  pruned blocks ({self.selection_rule}): "
                  + (", ".join(f"{i} {n}" for i, n in zip(self.pruned_blocks, self.block_names)) or "none"),
                  f"  nodes {self.nodes_before} -> {self.nodes_after}"]
@@ -159,7 +161,8 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         save_model(result_model, out)
     return ExportResult(
         out=str(out) if out else "", model=model_label, input_shape=list(input_shape), pruned_blocks=list(chosen),
-        block_names=names, selection_rule=selection_rule, weights=weights, nodes_before=len(reference.graph.node),
+        block_names=names, selection_rule=selection_rule, weights=weights, exporter=exporter,
+        nodes_before=len(reference.graph.node),
         nodes_after=len(result_model.graph.node), ops_before=op_counts(reference),
         ops_after=op_counts(result_model), max_abs_diff=max_diff, rel_diff=rel,
         torch_max_abs_diff=torch_diff, verified=bool(verify), seconds=time.perf_counter() - t0,

@@ -22,9 +22,8 @@ import warnings
 import onnx
 from onnxconverter_common import float16
 
-from updp.core.errors import UnsupportedError
+from updp.core.errors import UnsupportedError, first_line
 from updp.exporter.torch_export import get_metadata, hand_down_verification, set_metadata
-from updp.ort import first_line
 from updp.verify import EquivalenceReport, check_equivalence
 
 METADATA_KEY = "updp.precision"

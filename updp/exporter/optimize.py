@@ -38,12 +38,12 @@ import numpy as np
 import onnx
 from onnx import version_converter
 
-from updp.core.errors import InputError, UnsupportedError, VerificationError
+from updp.core.errors import InputError, UnsupportedError, VerificationError, first_line
 from updp.exporter.torch_export import full_check, save_model, simplify, staged_model
 from updp.feeds import generate_feeds, load_feeds
 from updp.onnx_passes import infer_types, optimize_model
 from updp.onnx_passes.pipeline import MIN_OPSET
-from updp.ort import first_line, is_large, load_onnx, make_session
+from updp.ort import is_large, load_onnx, make_session
 from updp.verify import check_equivalence
 
 

@@ -42,11 +42,11 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from updp.core.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError, first_line
 from updp.core.io import scratch_dir
 from updp.exporter.torch_export import hand_down_verification
 from updp.feeds import graph_inputs
-from updp.ort import first_line, make_session, model_file
+from updp.ort import make_session, model_file
 
 # How activation ranges are chosen from the calibration inputs (ORT's CalibrationMethod members).
 CALIBRATION_METHODS: dict[str, str] = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}

@@ -27,9 +27,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from updp.core.errors import InputError
+from updp.core.errors import InputError, first_line
 from updp.feeds import graph_inputs
-from updp.ort import first_line, make_session, random_inputs
+from updp.ort import make_session, random_inputs
 from updp.verify import compare_outputs
 
 BATCH_SYMBOL = "batch"

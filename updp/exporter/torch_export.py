@@ -45,11 +45,11 @@ import onnx
 import onnxruntime
 
 from updp.core.constants import DEFAULT_EXPORTER, DEFAULT_OPSET, EXPORTERS, MIN_EXPORT_OPSET
-from updp.core.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError, first_line
 from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
 from updp.exporter.scopes import scope_fragment
-from updp.ort import first_line, is_large, model_file, save_external
+from updp.ort import is_large, model_file, save_external
 
 if TYPE_CHECKING:
     import torch

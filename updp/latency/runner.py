@@ -40,9 +40,9 @@ import onnx
 import onnxruntime as ort
 
 from updp.core.constants import DEFAULT_REPEATS, DEFAULT_WARMUP, OPT_LEVELS, ORT_DEVICES
-from updp.core.errors import InputError
+from updp.core.errors import InputError, first_line
 from updp.core.io import write_text_atomic
-from updp.ort import default_providers, first_line, input_specs, make_session, random_inputs
+from updp.ort import default_providers, input_specs, make_session, random_inputs
 
 logger = logging.getLogger(__name__)
 

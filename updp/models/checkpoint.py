@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from updp.core.errors import InputError
+from updp.core.errors import InputError, first_line
 from updp.core.io import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -70,11 +70,6 @@ class Checkpoint:
         return self.payload.get("format") is not None or self.model_spec is not None
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default format
 _PICKLE_PROTOCOL = 0x80  # torch's legacy format: a pickle stream
 
@@ -84,7 +79,7 @@ def _load_object(path: str) -> Any:
         try:
             return load_file(path, device="cpu")
         except Exception as e:  # safetensors raises its own error types for a bad header
-            raise InputError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
+            raise InputError(f"cannot read checkpoint {path}: {first_line(e)}") from None
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(_ZIP_MAGIC) and (not head or head[0] != _PICKLE_PROTOCOL):
@@ -95,7 +90,7 @@ def _load_object(path: str) -> Any:
     except pickle.UnpicklingError as e:
         raise InputError(_refusal(path, e)) from None
     except Exception as e:  # torch raises several unrelated types for a truncated or corrupt file
-        reason = _first_line(e).split(". ")[0]
+        reason = first_line(e).split(". ")[0]
         raise InputError(f"cannot read checkpoint {path} (truncated or corrupt?): {reason}") from None
 
 
@@ -172,7 +167,7 @@ def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor
             torch.save(payload, tmp)
         except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as "unexpected pos"
             free = shutil.disk_usage(tmp.parent).free
-            raise InputError(f"cannot write {path}: torch.save failed ({_first_line(e)}); {free / 2**20:.1f} MiB "
+            raise InputError(f"cannot write {path}: torch.save failed ({first_line(e)}); {free / 2**20:.1f} MiB "
                              f"free in {tmp.parent}") from None
     return Path(path)
 

@@ -22,7 +22,7 @@ import torch
 import torchvision
 from torch import nn
 
-from updp.core.errors import InputError
+from updp.core.errors import InputError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -98,11 +98,6 @@ def _unknown(source: str, name: str, names: list[str]) -> InputError:
     return InputError(f"unknown {source} model {name!r}{hint}")
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _build(source: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
     if source == "timm":
         return timm.create_model(name, pretrained=False, **kwargs)
@@ -149,16 +144,16 @@ def create_model(spec: str, *, num_classes: int | None = None,
             kwargs[size_kw] = size[1] if size[1] == size[2] else list(size[1:])
         except TypeError as e:
             if size_kw not in str(e):
-                raise InputError(f"cannot build {source}:{name}: {_first_line(e)}") from None
+                raise InputError(f"cannot build {source}:{name}: {first_line(e)}") from None
             model = None
         except (ValueError, AssertionError, RuntimeError) as e:
             raise InputError(f"cannot build {source}:{name} for input size {size}: "
-                             f"{_first_line(e)}") from None
+                             f"{first_line(e)}") from None
     if model is None:
         try:
             model = _build(source, name, kwargs)
         except (TypeError, ValueError, AssertionError, RuntimeError) as e:
-            raise InputError(f"cannot build {source}:{name} with {kwargs}: {_first_line(e)}") from None
+            raise InputError(f"cannot build {source}:{name} with {kwargs}: {first_line(e)}") from None
     model.eval()
     spec_out = ModelSpec(source=source, name=name, kwargs=kwargs, num_classes=num_classes,
                          input_size=_default_input_size(source, name, model, kwargs))
@@ -207,7 +202,7 @@ def check_input_size(model: nn.Module, spec: ModelSpec | None, size: int | Seque
         if spec is not None and ("img_size" in spec.kwargs or "image_size" in spec.kwargs
                                  or hasattr(model, "patch_embed") or hasattr(model, "conv_proj")):
             hint = " (this model fixes its image size when built: give the input size at creation)"
-        raise InputError(f"{who} cannot take input size {c}x{h}x{w}: {_first_line(e)}{hint}") from None
+        raise InputError(f"{who} cannot take input size {c}x{h}x{w}: {first_line(e)}{hint}") from None
     finally:
         model.train(was_training)
     if isinstance(out, (tuple, list)):
