@@ -24,7 +24,9 @@ value_info; intermediates are now and then graph outputs too. Every example must
   why it refused, verbatim, in the result.
 
 A few hundred examples run by default (`derandomize=True` and no example database, so every run
-sees the same examples); thousands run under ``-m fuzz``, from the same strategies. A failure found
+of the same source tree sees the same examples: hypothesis also mixes into its draws the literals
+of the non-test modules that are imported, so an edit to updp can change them); thousands run under
+``-m fuzz``, from the same strategies. A failure found
 here becomes a plain, hand-built regression test in the test module of the pass at fault.
 """
 
