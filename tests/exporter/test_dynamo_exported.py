@@ -15,6 +15,7 @@ Needs onnxscript (the exporter's own dependency, in the `dev` extra); skipped wi
 
 from __future__ import annotations
 
+import collections
 import copy
 import sys
 import warnings
@@ -33,8 +34,10 @@ from updp.core.constants import EXPORTERS
 from updp.core.errors import InputError
 from updp.exporter.export import export_module
 from updp.exporter.optimize import optimize_file
-from updp.exporter.scopes import scope_fragment
-from updp.exporter.torch_export import _DYNAMO_SCOPES_KEY, _scoped_node_names, get_metadata
+from updp.exporter.scopes import OTHER, block_label, scope_fragment
+from updp.exporter.torch_export import _DYNAMO_SCOPES_KEY, _scoped_node_names, _scoped_value_names, get_metadata
+from updp.latency.profile import profile_nodes
+from updp.latency.runner import LatencySetup
 from updp.models import create_for_data
 from updp.verify import compare_outputs
 from updp.workflows.config import ExportConfig
@@ -162,6 +165,33 @@ def test_updp_export_with_the_dynamo_exporter_merges_like_the_torchscript_one(tm
     apply_pruning(pruned, CONVNEXT_PRUNED, lam=1.0)
     for batch in (1, 4):
         _matches_torch(pruned.eval(), tmp_path / "dynamo.onnx", batch)
+    # Under ORT_ENABLE_ALL the CPU EP renames convolutions after their output values
+    # (`<value>_nchwc`), so a per-block profile attributes the two files alike only if the dynamo
+    # file's values carry scopes too: every block holds the same ops in both. Layout reorders are
+    # left out: the one after the last block depends on the head, which the exporters write apart
+    # (GlobalAveragePool + Flatten vs ReduceMean + Reshape + Gather).
+    scopes = {block_label(b.index, b.name): scope_fragment(b.name) for b in blocks}
+    ops = {exporter: _ops_per_block(tmp_path / f"{exporter}.onnx", scopes) for exporter in EXPORTERS}
+    for label in scopes:
+        assert ops["dynamo"][label] == ops["torchscript"][label], label
+        assert ops["dynamo"][label]["Conv"] >= 1, label
+
+
+def _ops_per_block(path, scopes: dict[str, str]) -> dict[str, collections.Counter]:
+    """Op types per block of the nodes ORT runs at ORT_ENABLE_ALL, attributed as a per-block
+    profile attributes them (layout reorders left out)."""
+    nodes = profile_nodes(path, LatencySetup(warmup=0, threads=1), runs=1, opt_level="all")
+    by_length = sorted(scopes.items(), key=lambda kv: len(kv[1]), reverse=True)
+    ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    previous = OTHER
+    for t in sorted(nodes, key=lambda t: t.order):
+        label = next((lb for lb, frag in by_length if frag in t.name), None)
+        if label is None:
+            label = previous if "/" not in t.name else OTHER
+        if t.op_type not in ("ReorderInput", "ReorderOutput"):
+            ops[label][t.op_type] += 1
+        previous = label
+    return ops
 
 
 def test_scoped_node_names_follow_the_torchscript_scheme():
@@ -188,6 +218,36 @@ def test_scoped_node_names_follow_the_torchscript_scheme():
         "/stages/stages.0/blocks/blocks.3/Mul_1", "/Add", "val_7", "node_relu"]
     assert [[(p.key, p.value) for p in n.metadata_props] for n in model.graph.node] == [[], [], [], [], [],
                                                                                         [("user.key", "kept")]]
+
+
+def test_scoped_value_names_follow_their_nodes():
+    """A scoped node's outputs become `<node>_output_<k>`, readers (also in a subgraph) and
+    value_info follow; the graph's interface, unscoped nodes' values and colliding names stay."""
+    inner = helper.make_graph([helper.make_node("Identity", ["relu"], ["inner_y"], name="inner")], "body", [],
+                              [helper.make_tensor_value_info("inner_y", onnx.TensorProto.FLOAT, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["relu"], name="/a/Relu"),
+             helper.make_node("Neg", ["relu"], ["neg"], name="val_3"),  # unscoped: keeps its value's name
+             helper.make_node("Abs", ["neg"], ["abs"], name="/b/Abs"),
+             helper.make_node("Add", ["abs", "relu"], ["/b/Add_output_0"], name="/c/Add"),  # taken below
+             helper.make_node("Sub", ["/b/Add_output_0", "abs"], ["sub"], name="/b/Add"),
+             helper.make_node("If", ["cond"], ["if_out"], name="/d/If", then_branch=inner, else_branch=inner),
+             helper.make_node("Mul", ["sub", "if_out"], ["y"], name="/e/Mul")]  # a graph output: kept
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2]),
+                                           helper.make_tensor_value_info("cond", onnx.TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+                              value_info=[helper.make_tensor_value_info("relu", onnx.TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    x = np.array([-1.5, 2.0], np.float32)
+    before = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "cond": np.array(True)})[0]
+    _scoped_value_names(model)
+    assert [list(n.output) for n in model.graph.node] == [
+        ["/a/Relu_output_0"], ["neg"], ["/b/Abs_output_0"], ["/c/Add_output_0"], ["sub"], ["/d/If_output_0"], ["y"]]
+    assert list(model.graph.node[3].input) == ["/b/Abs_output_0", "/a/Relu_output_0"]
+    assert model.graph.node[5].attribute[0].g.node[0].input[0] == "/a/Relu_output_0"
+    assert [v.name for v in model.graph.value_info] == ["/a/Relu_output_0"]
+    onnx.checker.check_model(model, full_check=True)
+    after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "cond": np.array(True)})[0]
+    np.testing.assert_array_equal(after, before)
 
 
 def test_dynamo_exporter_without_onnxscript_is_one_clear_error(tmp_path, monkeypatch, capsys):

@@ -9,7 +9,8 @@ Why the torch.export-based exporter as a choice (`exporter="dynamo"`): it is tor
 2.9, and torch deprecates the TorchScript one ("will be removed"); it also exports some models the
 tracer cannot. Its node names carry no scope (`node_Conv_12`), but each node records its module
 path in its metadata, so the nodes are renamed to the TorchScript scheme (`_scoped_node_names`)
-and the per-block attribution works on either export. That metadata (which also holds the Python
+and their output values after them (`_scoped_value_names`), so the per-block attribution works on
+either export. That metadata (which also holds the Python
 stack trace of every op, with the paths of the machine that exported it) is then dropped: a
 deployed file should not carry it.
 
@@ -127,6 +128,7 @@ def torch_to_onnx(model: torch.nn.Module, input_shape: tuple[int, ...], *, dynam
         proto = onnx.load(path)
     if exporter == "dynamo":
         _scoped_node_names(proto)
+        _scoped_value_names(proto)
     full_check(proto, "exported model")
     return proto
 
@@ -191,6 +193,47 @@ def _scoped_node_names(model: onnx.ModelProto) -> None:
             name = f"{base}_{k}"
         node.name = name
         taken.add(name)
+
+
+def _scoped_value_names(model: onnx.ModelProto) -> None:
+    """Rename the values a scoped node computes to the TorchScript scheme, `<node name>_output_<k>`.
+
+    Why the values too: under ORT_ENABLE_ALL on CPU, ORT's NCHWc layout transformer replaces every
+    convolution and pool by a node named after its *output value* (`<value>_nchwc`). The
+    torch.export-based exporter names values `conv2d_4`, `add_1`, ... with no scope, so those
+    nodes, most of a CNN's time, would inherit the block of whatever ran before them. Graph inputs
+    and outputs keep their names (a deployed file's interface), and so do the values of nodes that
+    kept an unscoped name (`_scoped_node_names`) or a new name would collide with an existing one.
+    Readers in subgraphs (which see the outer graph's values by name) are renamed with them.
+    """
+    graph = model.graph
+    interface = {v.name for v in graph.input} | {v.name for v in graph.output}
+    existing = interface | {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    renamed: dict[str, str] = {}
+    for node in graph.node:
+        if "/" not in node.name:
+            continue
+        for k, value in enumerate(node.output):
+            new = f"{node.name}_output_{k}"
+            if value and value not in interface and new not in existing:
+                renamed[value] = new
+                node.output[k] = new
+                existing.add(new)
+    if not renamed:
+        return
+
+    def rename_readers(g: onnx.GraphProto) -> None:
+        for node in g.node:
+            for p, value in enumerate(node.input):
+                if value in renamed:
+                    node.input[p] = renamed[value]
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                    rename_readers(sub)
+
+    rename_readers(graph)
+    for info in graph.value_info:
+        info.name = renamed.get(info.name, info.name)
 
 
 def full_check(model: onnx.ModelProto | str | os.PathLike, what: str) -> None:
