@@ -328,10 +328,20 @@ def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
 
 
 def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
-    """Non-trivial random feeds: standard normal floats (never all-zeros or all-ones)."""
+    """Non-trivial random feeds for a session's inputs (`random_feed` of its `input_specs`)."""
+    return random_feed(input_specs(session, batch), seed)
+
+
+def random_feed(specs, seed: int = 0) -> dict[str, np.ndarray]:
+    """Non-trivial random values for (name, shape, numpy dtype) specs: standard normal floats,
+    0/1 integers and booleans (never all-zeros or all-ones).
+
+    Floats are drawn in float64 and rounded to their type, so specs that differ only in float
+    width get the same draw, rounded to each width.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
-    for name, shape, dtype in input_specs(session, batch):
+    for name, shape, dtype in specs:
         if np.issubdtype(dtype, np.floating):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         else:

@@ -168,6 +168,46 @@ def test_mismatched_input_shapes_raise():
                   LatencySetup(**FAST))
 
 
+def _cast_io(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
+    """`model` behind a Cast of its input from `elem_type` and a Cast of its output back to it."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    g.node.insert(0, helper.make_node("Cast", ["x_in"], ["x"], to=TensorProto.FLOAT, name="/in/Cast"))
+    g.node[-1].output[0] = "y_float"
+    g.node.append(helper.make_node("Cast", ["y_float"], ["y"], to=elem_type, name="/out/Cast"))
+    dims = [d.dim_value for d in g.input[0].type.tensor_type.shape.dim]
+    del g.input[:], g.output[:]
+    g.input.append(helper.make_tensor_value_info("x_in", elem_type, dims))
+    g.output.append(helper.make_tensor_value_info("y", elem_type, dims))
+    onnx.checker.check_model(m)
+    return m
+
+
+def test_float_widths_may_differ_and_share_one_draw(monkeypatch):
+    """A float16-input file (`updp export --fp16`) is timed beside its float32 model: every model
+    gets the same draw, rounded to its float type; an integer input beside a float one is refused."""
+    seen: dict[str, np.ndarray] = {}
+    real = runner._shared_feeds
+
+    def recording(names, sessions, batch, seed):
+        feeds = real(names, sessions, batch, seed)
+        seen.update({n: next(iter(f.values())) for n, f in zip(names, feeds)})
+        return feeds
+
+    monkeypatch.setattr(runner, "_shared_feeds", recording)
+    base = matmul_chain(1, width=8)
+    rep = benchmark([("fp32", base), ("fp16", _cast_io(base, TensorProto.FLOAT16)),
+                     ("fp64", _cast_io(base, TensorProto.DOUBLE))], LatencySetup(**FAST))
+    assert [r.model for r in rep.results] == ["fp32", "fp16", "fp64"]
+    assert (seen["fp32"].dtype, seen["fp16"].dtype, seen["fp64"].dtype) == (np.float32, np.float16, np.float64)
+    np.testing.assert_array_equal(seen["fp16"], seen["fp64"].astype(np.float16))
+    np.testing.assert_array_equal(seen["fp32"], seen["fp64"].astype(np.float32))
+    assert np.abs(seen["fp64"] - seen["fp32"]).max() > 0  # drawn wider than float32, then rounded
+    with pytest.raises(InputError, match="int64"):
+        benchmark([("fp32", base), ("int", _cast_io(base, TensorProto.INT64))], LatencySetup(**FAST))
+
+
 def test_bad_model_lists_raise(tmp_path):
     m = matmul_chain(1)
     with pytest.raises(InputError):

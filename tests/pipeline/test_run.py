@@ -12,6 +12,7 @@ import json
 import shutil
 import typing
 
+import onnx
 import pytest
 
 from updp.core.errors import InputError
@@ -182,6 +183,27 @@ def test_quantize_stage_writes_int8_files_and_the_report_compares_four_files(don
     md = (run_dir / "report.md").read_text()
     assert "int8 and float16 files: accuracy vs latency" in md and "no (not exact)" in md
     assert "Batch 2:" in md
+
+
+def test_fp16_files_with_float16_inputs_are_timed_beside_the_float32_ones(done_run, tmp_path):
+    """`updp run --fp16` writes float16-input files (the default, no keep_io): the bench times them
+    in the same rounds as the float32 files, at every batch, and the report lists them."""
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    out = _run(tiny_config(precision={"fp16": True}, bench={"batch": [1, 2]}), run_dir)
+    assert out.ran == ["quantize", "bench", "report"]
+    q = out.results["quantize"]
+    assert sorted(q["files"]) == ["baseline.fp16", "pruned.fp16"]
+    written = onnx.load(str(run_dir / q["files"]["pruned.fp16"]))
+    assert written.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    assert q["pruned.fp16"]["verified"] is True
+    batches = out.results["bench"]["batches"]
+    assert batches["batches"] == [1, 2] and len(batches["reports"]) == 2
+    for report in batches["reports"]:
+        assert {r["model"] for r in report["results"]} == {"baseline", "pruned", "baseline.fp16", "pruned.fp16"}
+    rows = json.loads((run_dir / "results.json").read_text())["precision"]
+    assert [(r["file"], r["precision"]) for r in rows][2:] == [("baseline.fp16", "fp16"), ("pruned.fp16", "fp16")]
+    assert all(r["median_ms"] > 0 for r in rows)
 
 
 def test_resume_after_a_kill_continues_training(done_run, tmp_path, monkeypatch):

@@ -42,7 +42,7 @@ import onnxruntime as ort
 from updp.core.constants import DEFAULT_REPEATS, DEFAULT_WARMUP, OPT_LEVELS, ORT_DEVICES
 from updp.core.errors import InputError, first_line
 from updp.core.io import write_text_atomic
-from updp.ort import default_providers, input_specs, make_session, random_inputs
+from updp.ort import default_providers, input_specs, make_session, random_feed
 
 logger = logging.getLogger(__name__)
 
@@ -239,22 +239,33 @@ def _check_models(models: list[ModelSpec]) -> None:
             raise InputError(f"model {name!r}: ONNX file not found: {model}")
 
 
+def _dtype_kind(dtype) -> str:
+    """What must match between the inputs of compared models: the dtype, except that float widths
+    may differ (a float16 file of a float32 model takes the same images, rounded)."""
+    return "float" if np.issubdtype(dtype, np.floating) else np.dtype(dtype).name
+
+
 def _shared_feeds(names: list[str], sessions: list, batch: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """One random feed, reused for every session (matched by input position, names may differ)."""
+    """One random feed, reused for every session (matched by input position, names may differ).
+
+    A float input is drawn once and given to each model in its own float type (`random_feed`), so
+    a float16-input file is timed on the float32 file's values rounded to float16.
+    """
     specs = [input_specs(s, batch) for s in sessions]
     if batch != 1:
         _check_batch_axis(names, sessions, batch)
-    signature = [[(shape, np.dtype(dtype).name) for _, shape, dtype in sp] for sp in specs]
+    signature = [[(shape, _dtype_kind(dtype)) for _, shape, dtype in sp] for sp in specs]
     if any(sig != signature[0] for sig in signature[1:]):
         def describe(sp: list) -> str:
             return ", ".join(f"{nm}{list(shape)} {np.dtype(dt).name}" for nm, shape, dt in sp)
 
         detail = "; ".join(f"{n}: {describe(sp)}" for n, sp in zip(names, specs, strict=True))
-        raise InputError("models to compare must take inputs of the same shapes and dtypes, "
-                         f"but they differ: {detail}")
-    base = random_inputs(sessions[0], batch=batch, seed=seed)
-    values = list(base.values())
-    return [{nm: v for (nm, _, _), v in zip(sp, values, strict=True)} for sp in specs]
+        raise InputError("models to compare must take inputs of the same shapes and dtypes (float widths may "
+                         f"differ), but they differ: {detail}")
+    drawn = list(random_feed([(nm, shape, np.float64 if kind == "float" else dtype)
+                              for (nm, shape, dtype), (_, kind) in zip(specs[0], signature[0], strict=True)],
+                             seed).values())
+    return [{nm: v.astype(dt, copy=False) for (nm, _, dt), v in zip(sp, drawn, strict=True)} for sp in specs]
 
 
 def _check_batch_axis(names: list[str], sessions: list, batch: int) -> None:
