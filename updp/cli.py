@@ -293,6 +293,15 @@ def run_config_from_args(args):
         if value is not None:
             value = list(value) if isinstance(value, tuple) else value
             (sections.setdefault(section, {}) if section else top)[key] = value
+    if (args.checkpoint and args.model is None and not (args.config or args.resume)
+            and Path(args.checkpoint).expanduser().is_file()):  # a missing file: the baseline stage says so
+        # the model a checkpoint of updp records (flags given beside it still win)
+        from updp.workflows.resolve import recorded_model  # lazy: reads the checkpoint with torch
+
+        spec = recorded_model(args.checkpoint)
+        if spec is not None:
+            cfg = cfg.replace(model={"name": spec["model"], "input_size": list(spec["input_size"][1:]),
+                                     "kwargs": spec["kwargs"]})
     if args.model_kwarg:
         sections.setdefault("model", {})["kwargs"] = {**cfg.model.kwargs, **parse_kwargs(args.model_kwarg)}
     if args.checkpoint:
@@ -436,7 +445,8 @@ def _add_run_arguments(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--data", metavar="SPEC", help="data.spec: mnist5k, digits, imagefolder:PATH, cifar10:PATH")
     sp.add_argument("--split-seed", type=int, help="data.split_seed")
     sp.add_argument("--checkpoint", help="baseline.checkpoint: your baseline weights (taken as is unless "
-                                         "--baseline-epochs)")
+                                         "--baseline-epochs); a checkpoint of updp records its model, so "
+                                         "--model may then be left out")
     sp.add_argument("--baseline-epochs", type=int, help="baseline.epochs (fine-tuning epochs with --checkpoint)")
     tgt = sp.add_mutually_exclusive_group()
     tgt.add_argument("--blocks", type=parse_blocks, metavar="i,j,...", help="search.blocks: prune these (no search)")

@@ -277,6 +277,25 @@ def test_cli_quiet_json_and_verbose(done_run, tmp_path, capsys):
     assert "give --out DIR" in capsys.readouterr().err
 
 
+def test_cli_run_takes_the_model_a_checkpoint_of_updp_records(done_run, capsys):
+    """`updp run --checkpoint base.pt` without --model builds the model the checkpoint records (its
+    constructor arguments too); --input-size beside it still wins; a given --model is kept (and
+    checked against the checkpoint when the baseline stage loads it)."""
+    from updp.cli import main
+
+    base = str(done_run[0] / "baseline" / "base.pt")
+    assert main(["run", "--print-config", "--checkpoint", base]) == 0
+    cfg = RunConfig.from_toml(capsys.readouterr().out)
+    recorded = tiny_config().model
+    assert (cfg.model.name, cfg.model.input_size, cfg.model.kwargs) == ("timm:convnext_atto", (32, 32), recorded.kwargs)
+    assert main(["run", "--print-config", "--checkpoint", base, "--input-size", "48",
+                 "--model-kwarg", "drop_path_rate=0.1"]) == 0
+    cfg = RunConfig.from_toml(capsys.readouterr().out)
+    assert cfg.model.input_size == (48, 48) and cfg.model.kwargs == {**recorded.kwargs, "drop_path_rate": 0.1}
+    assert main(["run", "--print-config", "--checkpoint", base, "--model", "timm:resnet18"]) == 0
+    assert RunConfig.from_toml(capsys.readouterr().out).model.name == "timm:resnet18"
+
+
 def test_cli_print_config_and_overrides(capsys):
     from updp.cli import main
 

@@ -88,6 +88,17 @@ def load_model(path: str, *, model: str | None = None, input_size: tuple[int, in
     return LoadedModel(module=module.eval(), spec=spec, plan=plan, checkpoint=ck)
 
 
+def recorded_model(path: str) -> dict[str, Any] | None:
+    """The model a checkpoint of updp records (its normalized spec record), without building it;
+    None for a plain state dict, which records none.
+
+    Why: `updp run --checkpoint` builds its config before any stage runs, and with a checkpoint of
+    updp the model (name, input size, constructor arguments) need not be given again.
+    """
+    ck = read_checkpoint(path)
+    return normalize_record(ck.model_spec, path) if ck.model_spec is not None else None
+
+
 def load_baseline(path: str, *, model: str | None = None, what: str = "pruning",
                   name_hint: str = "give the model name (--model)") -> LoadedModel:
     """`load_model` for a step that starts from the unpruned baseline: a pruned checkpoint is refused."""
