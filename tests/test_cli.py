@@ -147,3 +147,17 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
     assert code == 4
     assert "differs from the reference" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["run", "--out", "r"], ["demo"]])
+def test_run_and_demo_refuse_torchrun_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """Under torchrun every rank would run the export, eval and bench stages too (the same files
+    written twice, each rank timing the other's load): one line, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not under torchrun (WORLD_SIZE=2)" in err[0] and "updp train" in err[0], err
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process launched by torchrun is a plain run
+    assert main(["run", "--print-config"]) == 0

@@ -317,9 +317,22 @@ def run_config_from_args(args):
     return cfg.replace(**sections, **top)
 
 
+def _refuse_under_torchrun(command: str) -> None:
+    """`updp run` and `updp demo` chain training with export, evaluation and timing in one process:
+    under torchrun every rank would run those stages too, write the same files and time the other
+    rank's load. The training commands themselves run data-parallel."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1:
+        raise InputError(f"updp {command} runs in one process, not under torchrun (WORLD_SIZE={world}): each rank "
+                         "would export, evaluate and time the models again; train data-parallel with "
+                         "`torchrun ... -m updp train|search|prune`, then `updp run --checkpoint base.pt` alone")
+
+
 def cmd_run(args) -> int:
     from updp.pipeline.run import format_headline, run_pipeline  # lazy: see above
 
+    if not args.print_config:
+        _refuse_under_torchrun("run")
     if not args.print_config and bool(args.out) == bool(args.resume):
         raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
     cfg = run_config_from_args(args)
@@ -338,6 +351,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    _refuse_under_torchrun("demo")
     cfg = config_from_args(DemoConfig, args)
     if cfg.latency_only:
         from updp.workflows.demo import latency_what_if  # lazy: see above

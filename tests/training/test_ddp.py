@@ -94,3 +94,24 @@ def test_two_process_layerfold_folds_on_every_rank_together(tmp_path):
     assert "weights identical on 2 ranks" in proc.stderr
     ck = torch.load(tmp_path / "lf.pt", weights_only=True)
     assert ck["world_size"] == 2 and all(v.item() == 1.0 for k, v in ck["model"].items() if k.endswith(".alpha"))
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")
+@pytest.mark.parametrize("method", ["updp", "abrupt", "drop"])
+def test_two_process_prune_of_every_method(tmp_path, method):
+    """`updp prune` under torchrun with each method that Layer-Folding's test does not cover. The
+    blends skip a branch at λ = 0 (the new BatchNorms) and at λ = 1 (the LayerNorms), a dropped
+    block leaves the forward, and DDP must not wait for gradients that never come (it raised
+    "Expected to have finished reduction in the prior iteration" at the second step)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    common = ["--data", "digits", "--batch-size", "16", "--no-progress", "--device", "cpu"]
+    assert main(["-q", "train", "timm:convnext_atto", "--model-kwarg", "dims=[16,32,48,64]", "--epochs", "1",
+                 "--max-steps-per-epoch", "3", "--out", str(tmp_path / "base.pt"), *common]) == 0
+    cmd = [*_torchrun(), "--standalone", "--nproc_per_node=2", "-m", "updp", "-v", "prune", "--checkpoint",
+           str(tmp_path / "base.pt"), "--blocks", "1,3", "--method", method, "--epochs", "1",
+           "--max-steps-per-epoch", "4", "--out", str(tmp_path / "p.pt"), *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "weights identical on 2 ranks" in proc.stderr
+    ck = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert ck["world_size"] == 2 and ck["step"] == 4 and ck["plan"]["blocks"] == [1, 3]

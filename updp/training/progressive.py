@@ -232,8 +232,10 @@ def train_progressive(student: nn.Module, data, blocks: list[int], *, selection_
     trainer = Trainer(student, data, cfg, teacher=teacher, before_step=before_step, echo=echo,
                       checkpoint_extra=lambda: {"model_spec": model_spec, "plan": plan.to_dict(),
                                                 "prune": {"baseline": baseline, "at_start": at_start}},
-                      # folded α's leave the forward: DDP must not wait for their gradients
-                      find_unused_parameters=folding is not None,
+                      # Parameters leave the forward, so DDP must not wait for their gradients: a
+                      # blend computes only the LayerNorm at λ = 0 and only the new BatchNorm at
+                      # λ = 1 (every step of abrupt), and folded α's leave it too.
+                      find_unused_parameters=not method.drop,
                       extra_loss=folding.loss if folding is not None else None,
                       lr_for=(lambda name: method.layerfold_alpha_lr if folding.owns(name) else None)
                       if folding is not None else None)
