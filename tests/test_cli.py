@@ -161,3 +161,22 @@ def test_run_and_demo_refuse_torchrun_in_one_line(tmp_path, monkeypatch, capsys,
     assert not list(tmp_path.iterdir())
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process launched by torchrun is a plain run
     assert main(["run", "--print-config"]) == 0
+
+
+def test_bench_of_a_file_with_a_dynamic_image_size(tmp_path, capsys):
+    """`--dim NAME=VALUE` gives the symbolic image dims; without them: one line, exit 2."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "height", "width"])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/r/Relu")], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    src = tmp_path / "dyn.onnx"
+    onnx.save(model, str(src))
+    assert main(["bench", str(src), "--repeats", "2", "--warmup", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dim height=224" in err[0], err
+    assert main(["bench", str(src), "--repeats", "2", "--warmup", "1", "--dim", "height=6", "--dim", "width=4",
+                 "--batch", "1", "2", "--json"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    assert [r["setup"]["dims"] for r in payload["reports"]] == [{"height": 6, "width": 4}] * 2
+    assert [r["setup"]["batch"] for r in payload["reports"]] == [1, 2]

@@ -318,7 +318,7 @@ def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
                 shape.append(batch)
             else:
                 raise InputError(f"input {inp.name!r} has a symbolic dimension {d!r} at axis {i}; "
-                                 "export with a static input size")
+                                 f"give its value (updp bench --dim {d}=224) or export with a static input size")
         dtype = _ONNX_TO_NUMPY.get(inp.type)
         if dtype is None:
             raise InputError(f"input {inp.name!r} has unsupported type {inp.type}")
@@ -327,9 +327,9 @@ def input_specs(session, batch: int = 1, dims: dict[str, int] | None = None):
     return specs
 
 
-def random_inputs(session, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def random_inputs(session, batch: int = 1, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Non-trivial random feeds for a session's inputs (`random_feed` of its `input_specs`)."""
-    return random_feed(input_specs(session, batch), seed)
+    return random_feed(input_specs(session, batch, dims), seed)
 
 
 def random_feed(specs, seed: int = 0) -> dict[str, np.ndarray]:

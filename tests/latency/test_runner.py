@@ -190,8 +190,8 @@ def test_float_widths_may_differ_and_share_one_draw(monkeypatch):
     seen: dict[str, np.ndarray] = {}
     real = runner._shared_feeds
 
-    def recording(names, sessions, batch, seed):
-        feeds = real(names, sessions, batch, seed)
+    def recording(names, sessions, batch, seed, dims=None):
+        feeds = real(names, sessions, batch, seed, dims)
         seen.update({n: next(iter(f.values())) for n, f in zip(names, feeds)})
         return feeds
 
@@ -225,3 +225,42 @@ def test_models_from_paths(tmp_path):
     onnx.save(matmul_chain(2), str(p))
     rep = benchmark([("file", p), ("proto", matmul_chain(2))], LatencySetup(**FAST))
     assert rep.get("file").n == rep.get("proto").n == 5
+
+
+def _dynamic_image_model() -> onnx.ModelProto:
+    """x: (n, 3, h, w) -> Relu -> ReduceMean over h, w: a file exported with a dynamic image size."""
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="/relu/Relu"),
+             helper.make_node("ReduceMean", ["r", "axes"], ["y"], name="/pool/ReduceMean", keepdims=0)]
+    graph = helper.make_graph(nodes, "dyn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+                              [numpy_helper.from_array(np.array([2, 3], np.int64), "axes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_symbolic_image_dims_are_given_by_name_and_recorded(monkeypatch):
+    model = _dynamic_image_model()
+    with pytest.raises(InputError, match="symbolic dimension 'h' at axis 2; give its value"):
+        benchmark([("a", model)], LatencySetup(**FAST))
+    shapes: list[tuple] = []
+    real = runner._shared_feeds
+
+    def recording(names, sessions, batch, seed, dims=None):
+        feeds = real(names, sessions, batch, seed, dims)
+        shapes.extend(next(iter(f.values())).shape for f in feeds)
+        return feeds
+
+    monkeypatch.setattr(runner, "_shared_feeds", recording)
+    rep = benchmark([("a", model), ("b", model)], LatencySetup(**FAST, batch=2, dims={"h": 5, "w": 7}))
+    assert shapes == [(2, 3, 5, 7), (2, 3, 5, 7)]
+    assert rep.setup.dims == {"h": 5, "w": 7} and "batch=2 h=5 w=7 " in rep.format_table().splitlines()[0]
+    assert BenchReport.from_dict(json.loads(rep.to_json())).setup.dims == {"h": 5, "w": 7}
+    with pytest.raises(InputError, match="named 'hh'.*h, n, w"):  # a misspelt name is not ignored
+        benchmark([("a", model)], LatencySetup(**FAST, dims={"h": 5, "w": 7, "hh": 3}))
+    with pytest.raises(InputError, match="n is the batch axis"):
+        benchmark([("a", model)], LatencySetup(**FAST, dims={"n": 4, "h": 5, "w": 7}))
+    for bad in ({"h": 0}, {"h": 2.5}, {"h": True}):
+        with pytest.raises(InputError, match="positive integers"):
+            LatencySetup(dims=bad)

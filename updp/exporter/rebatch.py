@@ -101,10 +101,12 @@ def with_symbolic_batch(model: onnx.ModelProto) -> onnx.ModelProto:
         return out
 
 
-def at_batch(model: onnx.ModelProto, batch: int, *, where: str = "the model", seed: int = 0) -> onnx.ModelProto:
+def at_batch(model: onnx.ModelProto, batch: int, *, where: str = "the model", seed: int = 0,
+             dims: dict[str, int] | None = None) -> onnx.ModelProto:
     """`model` made to run at `batch` and verified per sample against itself (module docstring).
 
-    A model whose batch is already symbolic, or already `batch`, comes back unchanged.
+    A model whose batch is already symbolic, or already `batch`, comes back unchanged. `dims`:
+    values of its other symbolic input dimensions, by name.
 
     Raises:
         InputError: the batch cannot be made symbolic (the graph bakes it in elsewhere): re-export
@@ -118,7 +120,7 @@ def at_batch(model: onnx.ModelProto, batch: int, *, where: str = "the model", se
               f"cannot be timed at batch {batch}; re-export it with a dynamic batch (`updp export --dynamic-batch`)")
     try:
         sess = make_session(candidate, opt_level="disable")
-        feed = random_inputs(sess, batch=batch, seed=seed)
+        feed = random_inputs(sess, batch=batch, seed=seed, dims=dims)
         got = sess.run(None, feed)
     except Exception as exc:  # ORT: a shape that no longer fits
         raise InputError(f"{advice} ({first_line(exc)})") from None

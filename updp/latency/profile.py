@@ -118,7 +118,7 @@ def profile_nodes(model: onnx.ModelProto | str | os.PathLike, setup: LatencySetu
         sess = make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers,
                             profile_prefix=str(Path(tmp) / "ort"), spinning=setup.spinning)
         try:
-            feeds = random_inputs(sess, batch=setup.batch, seed=seed)
+            feeds = random_inputs(sess, batch=setup.batch, seed=seed, dims=setup.dims)
             for _ in range(setup.warmup + runs):
                 sess.run(None, feeds)
         finally:

@@ -81,6 +81,8 @@ class LatencySetup:
         warmup: untimed runs per session before timing starts.
         repeats: timed runs per model and optimization level (fewer if a time budget runs out).
         batch: value for a symbolic first input dimension.
+        dims: values for other symbolic input dimensions, by name (`{"h": 224, "w": 224}`), for a
+            file exported with a dynamic image size; without one such a file is refused.
         spinning: ORT's `session.intra_op.allow_spinning`. Off by default here: with interleaved
             A/B rounds, the idle threads of the session that just ran would otherwise keep
             busy-waiting on the cores the next session needs, which adds noise and order bias.
@@ -95,6 +97,7 @@ class LatencySetup:
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_REPEATS
     batch: int = 1
+    dims: dict[str, int] = field(default_factory=dict)
     spinning: bool = False
     onnxruntime_version: str = field(default_factory=_ort_version)
     onnx_version: str = field(default_factory=lambda: onnx.__version__)
@@ -113,6 +116,10 @@ class LatencySetup:
         if self.warmup < 0 or self.repeats < 1 or self.batch < 1:
             raise InputError(f"need warmup >= 0, repeats >= 1, batch >= 1 "
                              f"(got warmup={self.warmup}, repeats={self.repeats}, batch={self.batch})")
+        self.dims = dict(self.dims)
+        bad = {k: v for k, v in self.dims.items() if not k or isinstance(v, bool) or not isinstance(v, int) or v < 1}
+        if bad:
+            raise InputError(f"symbolic dimensions take positive integers by name, e.g. h=224 (got {bad})")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"threads must be >= 1 or None for ORT's default (got {self.threads})")
         if not self.providers:
@@ -132,7 +139,9 @@ class LatencySetup:
         """One line: the settings that decide the numbers."""
         threads = self.threads if self.threads is not None else f"ort-default(cpus={self.cpu_count})"
         return (f"providers={','.join(self.providers)} threads={threads} warmup={self.warmup} "
-                f"repeats={self.repeats} batch={self.batch} spinning={'on' if self.spinning else 'off'} "
+                f"repeats={self.repeats} batch={self.batch} "
+                + "".join(f"{k}={v} " for k, v in self.dims.items())
+                + f"spinning={'on' if self.spinning else 'off'} "
                 f"ort={self.onnxruntime_version}")
 
 
@@ -245,13 +254,22 @@ def _dtype_kind(dtype) -> str:
     return "float" if np.issubdtype(dtype, np.floating) else np.dtype(dtype).name
 
 
-def _shared_feeds(names: list[str], sessions: list, batch: int, seed: int) -> list[dict[str, np.ndarray]]:
+def _shared_feeds(names: list[str], sessions: list, batch: int, seed: int,
+                  dims: dict[str, int] | None = None) -> list[dict[str, np.ndarray]]:
     """One random feed, reused for every session (matched by input position, names may differ).
 
     A float input is drawn once and given to each model in its own float type (`random_feed`), so
     a float16-input file is timed on the float32 file's values rounded to float16.
     """
-    specs = [input_specs(s, batch) for s in sessions]
+    specs = [input_specs(s, batch, dims) for s in sessions]
+    symbolic = {d for s in sessions for inp in s.get_inputs() for d in inp.shape if isinstance(d, str)}
+    leading = {inp.shape[0] for s in sessions for inp in s.get_inputs() if inp.shape and isinstance(inp.shape[0], str)}
+    if set(dims or {}) & leading:  # it would override the batch the report records
+        raise InputError(f"{', '.join(sorted(set(dims) & leading))} is the batch axis: give --batch, not --dim")
+    unknown = sorted(set(dims or {}) - symbolic)
+    if unknown:  # a misspelt name would otherwise be ignored, and the file timed at other sizes
+        raise InputError(f"no input has a symbolic dimension named {', '.join(map(repr, unknown))} "
+                         f"(the files' symbolic dimensions: {', '.join(sorted(symbolic)) or 'none'})")
     if batch != 1:
         _check_batch_axis(names, sessions, batch)
     signature = [[(shape, _dtype_kind(dtype)) for _, shape, dtype in sp] for sp in specs]
@@ -368,7 +386,7 @@ def benchmark(models: list[ModelSpec], setup: LatencySetup | None = None, *,
         sessions = [make_session(model, opt_level=level, threads=setup.threads, providers=setup.providers,
                                  spinning=setup.spinning)
                     for _, model in models]
-        feeds = _shared_feeds(names, sessions, setup.batch, seed)
+        feeds = _shared_feeds(names, sessions, setup.batch, seed, setup.dims)
         _warm_up(names, sessions, feeds, setup.warmup)
         samples = _time_interleaved(sessions, feeds, setup.repeats, budget, names)
         timings = [ModelTiming.from_samples(n, level, s) for n, s in zip(names, samples, strict=True)]

@@ -100,10 +100,10 @@ def bench(cfg: BenchConfig) -> BenchSweep:
             if fixed is None or fixed == b:
                 models.append((name, str(path)))
                 continue
-            models.append((name, _at_batch(proto, b, str(path), name, sweep, dynamic)))
+            models.append((name, _at_batch(proto, b, str(path), name, sweep, dynamic, cfg.dims)))
             sweep.rebatched[name] = fixed
         setup = LatencySetup(device=cfg.device, threads=cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats,
-                             batch=b, opt_level=cfg.opt_levels[0])
+                             batch=b, dims=cfg.dims, opt_level=cfg.opt_levels[0])
         sweep.reports.append(benchmark(models, setup, opt_levels=cfg.opt_levels, max_seconds=cfg.max_seconds))
     if cfg.save:
         sweep.to_json(cfg.save)
@@ -120,14 +120,14 @@ def _own_batch(paths: list[str], protos: list[onnx.ModelProto]) -> int:
 
 
 def _at_batch(proto: onnx.ModelProto, batch: int, where: str, name: str, sweep: BenchSweep,
-              dynamic: dict[str, onnx.ModelProto]) -> onnx.ModelProto:
+              dynamic: dict[str, onnx.ModelProto], dims: dict[str, int]) -> onnx.ModelProto:
     """`proto` at `batch`: its graph rebatched, or, where the graph bakes the batch in (a class token
     folded to batch 1), updp's own export re-exported with a dynamic batch from what its metadata
     records, and checked to compute what the file computes (`dynamic` keeps it for the next batch)."""
     if name in dynamic:
         return dynamic[name]
     try:
-        return at_batch(proto, batch, where=where)
+        return at_batch(proto, batch, where=where, dims=dims)
     except InputError:
         again = _reexport_dynamic(proto)
         if again is None:

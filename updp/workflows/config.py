@@ -500,6 +500,9 @@ class BenchConfig:
                                      help="batch size(s), one table each (default: the files' own fixed batch, 1 "
                                           "for a symbolic one); a file exported at a fixed batch is made to run at "
                                           "the others and checked to compute the same per sample")
+    dims: dict[str, int] = option(factory=dict, flag="--dim", parse="kwargs", metavar="NAME=VALUE",
+                                  help="value of a symbolic input dimension other than the batch, e.g. h=224 "
+                                       "(repeatable; for files exported with a dynamic image size)")
     warmup: int = option(DEFAULT_WARMUP, help="untimed runs per session")
     repeats: int = option(DEFAULT_REPEATS, help="interleaved timed rounds")
     device: str = option("cpu", choices=ORT_DEVICES, help="ORT execution provider: cpu, cuda (onnxruntime-gpu), "
@@ -521,6 +524,10 @@ class BenchConfig:
         _choice(self.device, ORT_DEVICES, "--device")
         _at_least(self.threads, 1, "--threads")
         self.batch = parse_batches(self.batch)
+        self.dims = dict(self.dims)
+        for name, value in self.dims.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"--dim {name}={value}: a symbolic dimension takes a positive integer")
 
 
 @dataclass
