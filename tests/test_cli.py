@@ -167,8 +167,8 @@ def test_bench_of_a_file_with_a_dynamic_image_size(tmp_path, capsys):
     """`--dim NAME=VALUE` gives the symbolic image dims; without them: one line, exit 2."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "height", "width"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, "height", "width"])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/r/Relu")], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 18)])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="/r/Relu")], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     src = tmp_path / "dyn.onnx"
     onnx.save(model, str(src))
