@@ -182,7 +182,8 @@ PrecisionSection = derive_section(
         "split), their accuracy measured on its val split, an int8 file losing more than `max_accuracy_drop` "
         "points refused (the run stops, exit 4).")
 BenchSection = derive_section(
-    "BenchSection", BenchConfig, exclude=("models", "save", "names"),
+    # dims: the run exports its models at the configured input size, so none is symbolic
+    "BenchSection", BenchConfig, exclude=("models", "save", "names", "dims"),
     extra=(("profile_runs", int, option(50, help="profiled runs per model for the per-block times")),
            ("profile_opt_level", str, option("all", help="optimization level of the per-block profiles"))),
     post_init=_bench_post_init,
