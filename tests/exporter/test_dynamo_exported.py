@@ -34,7 +34,7 @@ from updp.core.constants import EXPORTERS
 from updp.core.errors import InputError
 from updp.exporter.export import export_module
 from updp.exporter.optimize import optimize_file
-from updp.exporter.scopes import OTHER, block_label, scope_fragment
+from updp.exporter.scopes import attribute_nodes, scope_fragment, scopes_of
 from updp.exporter.torch_export import _DYNAMO_SCOPES_KEY, _scoped_node_names, _scoped_value_names, get_metadata
 from updp.latency.profile import profile_nodes
 from updp.latency.runner import LatencySetup
@@ -170,7 +170,7 @@ def test_updp_export_with_the_dynamo_exporter_merges_like_the_torchscript_one(tm
     # file's values carry scopes too: every block holds the same ops in both. Layout reorders are
     # left out: the one after the last block depends on the head, which the exporters write apart
     # (GlobalAveragePool + Flatten vs ReduceMean + Reshape + Gather).
-    scopes = {block_label(b.index, b.name): scope_fragment(b.name) for b in blocks}
+    scopes = scopes_of((b.index, b.name) for b in blocks)
     ops = {exporter: _ops_per_block(tmp_path / f"{exporter}.onnx", scopes) for exporter in EXPORTERS}
     for label in scopes:
         assert ops["dynamo"][label] == ops["torchscript"][label], label
@@ -181,16 +181,10 @@ def _ops_per_block(path, scopes: dict[str, str]) -> dict[str, collections.Counte
     """Op types per block of the nodes ORT runs at ORT_ENABLE_ALL, attributed as a per-block
     profile attributes them (layout reorders left out)."""
     nodes = profile_nodes(path, LatencySetup(warmup=0, threads=1), runs=1, opt_level="all")
-    by_length = sorted(scopes.items(), key=lambda kv: len(kv[1]), reverse=True)
     ops: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    previous = OTHER
-    for t in sorted(nodes, key=lambda t: t.order):
-        label = next((lb for lb, frag in by_length if frag in t.name), None)
-        if label is None:
-            label = previous if "/" not in t.name else OTHER
+    for t, label, _ in attribute_nodes(nodes, scopes):
         if t.op_type not in ("ReorderInput", "ReorderOutput"):
             ops[label][t.op_type] += 1
-        previous = label
     return ops
 
 

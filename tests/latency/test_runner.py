@@ -184,21 +184,28 @@ def _cast_io(model: onnx.ModelProto, elem_type: int) -> onnx.ModelProto:
     return m
 
 
-def test_float_widths_may_differ_and_share_one_draw(monkeypatch):
-    """A float16-input file (`updp export --fp16`) is timed beside its float32 model: every model
-    gets the same draw, rounded to its float type; an integer input beside a float one is refused."""
-    seen: dict[str, np.ndarray] = {}
+def _record_feeds(monkeypatch) -> list[tuple[str, np.ndarray]]:
+    """(model name, its first input) of every feed the runner builds from now on, in order."""
+    fed: list[tuple[str, np.ndarray]] = []
     real = runner._shared_feeds
 
     def recording(names, sessions, batch, seed, dims=None):
         feeds = real(names, sessions, batch, seed, dims)
-        seen.update({n: next(iter(f.values())) for n, f in zip(names, feeds)})
+        fed.extend((n, next(iter(f.values()))) for n, f in zip(names, feeds, strict=True))
         return feeds
 
     monkeypatch.setattr(runner, "_shared_feeds", recording)
+    return fed
+
+
+def test_float_widths_may_differ_and_share_one_draw(monkeypatch):
+    """A float16-input file (`updp export --fp16`) is timed beside its float32 model: every model
+    gets the same draw, rounded to its float type; an integer input beside a float one is refused."""
+    fed = _record_feeds(monkeypatch)
     base = matmul_chain(1, width=8)
     rep = benchmark([("fp32", base), ("fp16", _cast_io(base, TensorProto.FLOAT16)),
                      ("fp64", _cast_io(base, TensorProto.DOUBLE))], LatencySetup(**FAST))
+    seen = dict(fed)
     assert [r.model for r in rep.results] == ["fp32", "fp16", "fp64"]
     assert (seen["fp32"].dtype, seen["fp16"].dtype, seen["fp64"].dtype) == (np.float32, np.float16, np.float64)
     np.testing.assert_array_equal(seen["fp16"], seen["fp64"].astype(np.float16))
@@ -244,17 +251,9 @@ def test_symbolic_image_dims_are_given_by_name_and_recorded(monkeypatch):
     model = _dynamic_image_model()
     with pytest.raises(InputError, match="symbolic dimension 'h' at axis 2; give its value"):
         benchmark([("a", model)], LatencySetup(**FAST))
-    shapes: list[tuple] = []
-    real = runner._shared_feeds
-
-    def recording(names, sessions, batch, seed, dims=None):
-        feeds = real(names, sessions, batch, seed, dims)
-        shapes.extend(next(iter(f.values())).shape for f in feeds)
-        return feeds
-
-    monkeypatch.setattr(runner, "_shared_feeds", recording)
+    fed = _record_feeds(monkeypatch)
     rep = benchmark([("a", model), ("b", model)], LatencySetup(**FAST, batch=2, dims={"h": 5, "w": 7}))
-    assert shapes == [(2, 3, 5, 7), (2, 3, 5, 7)]
+    assert [(name, x.shape) for name, x in fed] == [("a", (2, 3, 5, 7)), ("b", (2, 3, 5, 7))]
     assert rep.setup.dims == {"h": 5, "w": 7} and "batch=2 h=5 w=7 " in rep.format_table().splitlines()[0]
     assert BenchReport.from_dict(json.loads(rep.to_json())).setup.dims == {"h": 5, "w": 7}
     with pytest.raises(InputError, match="named 'hh'.*h, n, w"):  # a misspelt name is not ignored

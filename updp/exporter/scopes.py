@@ -6,10 +6,11 @@ the scoped names of output values) through its optimizations. So per-node quanti
 kernel times (`updp.latency.profile`) or estimated costs (`updp.exporter.selection`), can be summed
 per block without any other bookkeeping.
 
-Attribution rule (in `aggregate_by_block`): a node whose name contains a block's fragment goes to
-that block (longest fragment wins, so nested blocks work). A node whose name has no "/" at all has
-no scope (the ORT-created nodes above, or exporter nodes outside any module such as `Identity_15`);
-it inherits the block of the node executed just before it. That is exact for fusions inside a block
+Attribution rule (in `attribute_nodes`, summed per block by `aggregate_by_block`): a node whose
+name contains a block's fragment goes to that block (longest fragment wins, so nested blocks work).
+A node whose name has no "/" at all has no scope (the ORT-created nodes above, or exporter nodes
+outside any module such as `Identity_15`); it inherits the block of the node executed just before
+it. That is exact for fusions inside a block
 (the GELU runs between its block's fc1 and fc2) and puts a layout reorder between two blocks on the
 earlier one, which consumes or produces it. Scoped nodes outside every block (stem, downsamples,
 head) go to `OTHER`.
@@ -143,19 +144,19 @@ class BlockProfile:
         return "\n".join([fmt(cols), sep, *map(fmt, rows[:-1]), sep, fmt(rows[-1]), note])
 
 
-def aggregate_by_block(node_times: list[NodeTime], block_scopes: dict[str, str], *,
-                       inherit_unscoped: bool = True) -> BlockProfile:
-    """Sum node times per block by module scope.
+def attribute_nodes(node_times: list[NodeTime], block_scopes: dict[str, str], *,
+                    inherit_unscoped: bool = True) -> list[tuple[NodeTime, str, bool]]:
+    """The block of each node, by the attribution rule of the module docstring.
 
     Args:
-        node_times: from `profile_nodes`, in execution order.
+        node_times: from `profile_nodes`.
         block_scopes: block label -> node-name fragment (see `scope_fragment`).
         inherit_unscoped: give a node without any "/" in its name (ORT-created fusion or layout
             node, see the module docstring) the block of the node executed before it; if False
             such nodes go to `OTHER`.
 
     Returns:
-        Each block's total µs and share of the total, with `OTHER` last; shares sum to 1.
+        (node, block label or `OTHER`, whether the label was inherited), in execution order.
     """
     if OTHER in block_scopes:
         raise InputError(f"{OTHER!r} is reserved for nodes outside every block")
@@ -163,27 +164,38 @@ def aggregate_by_block(node_times: list[NodeTime], block_scopes: dict[str, str],
         raise InputError("block scope fragments must be non-empty")
     # longest fragment first: a node of a nested block belongs to the innermost one
     by_length = sorted(block_scopes.items(), key=lambda kv: len(kv[1]), reverse=True)
-    totals = {label: 0.0 for label in block_scopes} | {OTHER: 0.0}
-    counts = dict.fromkeys(totals, 0)
-    inherited: list[str] = []
+    attributed: list[tuple[NodeTime, str, bool]] = []
     previous = OTHER
     for t in sorted(node_times, key=lambda t: t.order):
         label = next((lb for lb, frag in by_length if frag in t.name), None)
+        inherited = label is None and inherit_unscoped and "/" not in t.name
         if label is None:
-            if inherit_unscoped and "/" not in t.name:
-                label = previous
-                inherited.append(t.name)
-            else:
-                label = OTHER
+            label = previous if inherited else OTHER
+        attributed.append((t, label, inherited))
+        previous = label
+    return attributed
+
+
+def aggregate_by_block(node_times: list[NodeTime], block_scopes: dict[str, str], *,
+                       inherit_unscoped: bool = True) -> BlockProfile:
+    """Sum node times per block by module scope (`attribute_nodes`, whose arguments these are).
+
+    Returns:
+        Each block's total µs and share of the total, with `OTHER` last; shares sum to 1.
+    """
+    attributed = attribute_nodes(node_times, block_scopes, inherit_unscoped=inherit_unscoped)
+    totals = {label: 0.0 for label in block_scopes} | {OTHER: 0.0}
+    counts = dict.fromkeys(totals, 0)
+    for t, label, _ in attributed:
         totals[label] += t.mean_us
         counts[label] += 1
-        previous = label
     total = sum(totals.values())
     blocks = [BlockTime(label=lb, fragment=block_scopes.get(lb, ""), total_us=us,
                         share=us / total if total > 0 else 0.0, n_nodes=counts[lb])
               for lb, us in totals.items()]
+    inherited = [t.name for t, _, was_inherited in attributed if was_inherited]
     return BlockProfile(blocks=blocks, total_us=total, inherited=inherited)
 
 
-__all__ = ["OTHER", "BlockProfile", "BlockTime", "NodeTime", "aggregate_by_block", "block_label", "block_scopes",
-           "label_index", "scope_fragment", "scopes_of"]
+__all__ = ["OTHER", "BlockProfile", "BlockTime", "NodeTime", "aggregate_by_block", "attribute_nodes", "block_label",
+           "block_scopes", "label_index", "scope_fragment", "scopes_of"]
