@@ -320,7 +320,8 @@ def run_config_from_args(args):
 def _refuse_under_torchrun(command: str) -> None:
     """`updp run` and `updp demo` chain training with export, evaluation and timing in one process:
     under torchrun every rank would run those stages too, write the same files and time the other
-    rank's load. The training commands themselves run data-parallel."""
+    rank's load. The training commands themselves run data-parallel. WORLD_SIZE is read as torchrun
+    sets it (not through `updp.core.distributed`, which imports torch) so that this is decided first."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1:
         raise InputError(f"updp {command} runs in one process, not under torchrun (WORLD_SIZE={world}): each rank "
