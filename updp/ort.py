@@ -117,6 +117,19 @@ _TYPED_FIELDS = {
 }
 
 
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    """The graphs held by `node`'s attributes (an If's branches, a Loop's or Scan's body), in
+    attribute order; not the graphs nested inside those. Every walk over a model's subgraphs goes
+    through this, so that GRAPH and GRAPHS attributes are treated alike everywhere."""
+    out: list[onnx.GraphProto] = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
 def _graph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorProto]]:
     """(where, tensor) for every initializer and tensor attribute, subgraphs included."""
     for t in graph.initializer:
@@ -125,8 +138,10 @@ def _graph_tensors(graph: onnx.GraphProto) -> Iterator[tuple[str, onnx.TensorPro
         for a in n.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 yield f"attribute {a.name!r} of {n.op_type} {n.name!r}", a.t
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _graph_tensors(g)
+            for t in a.tensors:
+                yield f"attribute {a.name!r} of {n.op_type} {n.name!r}", t
+        for g in subgraphs(n):
+            yield from _graph_tensors(g)
 
 
 def _stored_elements(t: onnx.TensorProto) -> int | None:
@@ -173,8 +188,8 @@ def _graph_names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
         yield from (n.name, n.op_type, n.domain, *n.input, *n.output)
         for a in n.attribute:
             yield a.name
-            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
-                yield from _graph_names(g)
+        for g in subgraphs(n):
+            yield from _graph_names(g)
 
 
 def check_names(model: onnx.ModelProto, path: str | os.PathLike) -> None:

@@ -44,7 +44,7 @@ from onnx.reference import ReferenceEvaluator
 
 from updp.core.errors import UnsupportedError, VerificationError, first_line
 from updp.feeds import generate_feeds
-from updp.ort import make_session, read_onnx
+from updp.ort import make_session, read_onnx, subgraphs
 
 logger = logging.getLogger(__name__)
 
@@ -300,8 +300,7 @@ def _downstream_of_random_ops(model: onnx.ModelProto) -> set[str]:
     """Graph outputs computed from a random op (main graph; a node whose subgraph draws counts)."""
     def draws(n: onnx.NodeProto) -> bool:
         return n.op_type in RANDOM_OPS or any(
-            draws(m) for a in n.attribute for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else a.graphs)
-            for m in g.node)
+            draws(m) for g in subgraphs(n) for m in g.node)
 
     tainted: set[str] = set()
     for n in model.graph.node:  # nodes are in topological order

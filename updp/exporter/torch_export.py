@@ -50,7 +50,7 @@ from updp.core.errors import InputError, UnsupportedError, first_line
 from updp.core.io import commit, finish_file, scratch_dir, staged_dir, writing
 from updp.core.version import __version__
 from updp.exporter.scopes import scope_fragment
-from updp.ort import is_large, model_file, save_external
+from updp.ort import is_large, model_file, save_external, subgraphs
 
 if TYPE_CHECKING:
     import torch
@@ -227,9 +227,8 @@ def _scoped_value_names(model: onnx.ModelProto) -> None:
             for p, value in enumerate(node.input):
                 if value in renamed:
                     node.input[p] = renamed[value]
-            for attr in node.attribute:
-                for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                    rename_readers(sub)
+            for sub in subgraphs(node):
+                rename_readers(sub)
 
     rename_readers(graph)
     for info in graph.value_info:

@@ -30,6 +30,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from updp.core.errors import InputError
+from updp.ort import subgraphs
 
 logger = logging.getLogger(__name__)
 
@@ -79,23 +80,16 @@ def _subgraph_refs(node: onnx.NodeProto) -> tuple[set[str], set[str]]:
     """
     reads: set[str] = set()
     names: set[str] = set()
-    for a in node.attribute:
-        if a.type == onnx.AttributeProto.GRAPH:
-            subs = [a.g]
-        elif a.type == onnx.AttributeProto.GRAPHS:
-            subs = list(a.graphs)
-        else:
-            continue
-        for sg in subs:
-            reads.update(o.name for o in sg.output)
-            names.update(v.name for v in (*sg.input, *sg.output, *sg.value_info))
-            names.update(t.name for t in sg.initializer)
-            for n in sg.node:
-                reads.update(i for i in n.input if i)
-                names.update(o for o in n.output if o)
-                inner_reads, inner_names = _subgraph_refs(n)
-                reads |= inner_reads
-                names |= inner_names
+    for sg in subgraphs(node):
+        reads.update(o.name for o in sg.output)
+        names.update(v.name for v in (*sg.input, *sg.output, *sg.value_info))
+        names.update(t.name for t in sg.initializer)
+        for n in sg.node:
+            reads.update(i for i in n.input if i)
+            names.update(o for o in n.output if o)
+            inner_reads, inner_names = _subgraph_refs(n)
+            reads |= inner_reads
+            names |= inner_names
     names |= reads
     return reads, names
 
