@@ -25,6 +25,7 @@ from updp.pipeline.config import (
     RunConfig,
     SearchSection,
     demo_config,
+    in_run_terms,
 )
 from updp.pipeline.run import StageRecord, run_pipeline
 
@@ -183,6 +184,35 @@ def test_quantize_stage_writes_int8_files_and_the_report_compares_four_files(don
     md = (run_dir / "report.md").read_text()
     assert "int8 and float16 files: accuracy vs latency" in md and "no (not exact)" in md
     assert "Batch 2:" in md
+
+
+def test_an_int8_file_over_the_drop_limit_stops_the_run_naming_the_run_configs_keys(done_run, tmp_path,
+                                                                                       monkeypatch):
+    """The quantize stage's refusal says what to change in a run config (`precision.max_accuracy_drop`),
+    not the `updp export` flags a run does not take, and stays exit 4 with nothing written."""
+    import updp.workflows.precision as precision
+
+    def dropped(item, *args):
+        item.accuracy, item.float_accuracy, item.n, item.accuracy_drop = 0.5, 0.9, 10, 40.0
+
+    monkeypatch.setattr(precision, "_measure_accuracy", dropped)
+    run_dir = tmp_path / "r"
+    shutil.copytree(done_run[0], run_dir)
+    with pytest.raises(precision.AccuracyDropError) as info:
+        _run(tiny_config(precision={"quantize": "int8", "calib_images": 32}), run_dir)
+    said = str(info.value)
+    assert said.startswith("baseline: the int8 file loses 40.00 points")
+    assert "precision.max_accuracy_drop 1" in said and "precision.calib_method" in said
+    assert "precision.calib_images" in said and "precision.keep_float" in said and "--" not in said
+    assert info.value.exit_code == 4 and not (run_dir / "quantize" / "baseline.int8.onnx").exists()
+
+
+def test_run_terms_rewrite_only_the_flags_that_are_keys_of_the_section():
+    assert in_run_terms("--lr must be > 0, got -1", "prune") == "prune.lr must be > 0, got -1"
+    # --data is the run's [data] section, not a key of [precision]; a negative number is no flag
+    assert (in_run_terms("give --data and --calib-images 64, not -1 or x--calib-method", "precision")
+            == "give --data and precision.calib_images 64, not -1 or x--calib-method")
+    assert in_run_terms("--epochs-wrong is no key", "prune") == "--epochs-wrong is no key"
 
 
 def test_fp16_files_with_float16_inputs_are_timed_beside_the_float32_ones(done_run, tmp_path):

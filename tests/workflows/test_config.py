@@ -207,9 +207,10 @@ def test_search_without_a_target_prunes_a_third_of_the_candidates():
 
 
 def test_run_config_checks_each_stage_config_when_loaded():
-    with pytest.raises(updp.core.errors.InputError, match=r"run config \[prune\].*--schedule"):
+    # named by their keys in the run config, not by the flags of the stage's own command
+    with pytest.raises(updp.core.errors.InputError, match=r"^run config: prune\.schedule must be one of"):
         RunConfig().replace(prune={"schedule": "exponential"})
-    with pytest.raises(updp.core.errors.InputError, match=r"run config \[baseline\].*--epochs 0"):
+    with pytest.raises(updp.core.errors.InputError, match=r"^run config: baseline\.epochs 0 takes a baseline\.checkpoint"):
         RunConfig().replace(baseline={"epochs": 0})
 
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -450,6 +451,19 @@ def bench_config(cfg: RunConfig, run_dir: Path, derived: dict[str, Path] | None 
                        names=["baseline", "pruned", *derived], **section)
 
 
+def in_run_terms(message: str, section: str) -> str:
+    """`message` of a workflow, with each `--flag` that is a key of the run config's `[section]`
+    written as that key (`--max-accuracy-drop` -> `precision.max_accuracy_drop`): the workflows
+    name their command-line flags, which `updp run` mostly does not have."""
+    keys = {f.name for f in fields(_SECTIONS[section])}
+
+    def key(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return f"{section}.{name}" if name in keys else m.group(0)
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", key, message)
+
+
 def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
     """Every stage's workflow config(s); raises `InputError` naming the section that does not build."""
     builders = {"baseline": baseline_config, "search": search_config, "prune": prune_config,
@@ -461,11 +475,12 @@ def stage_configs(cfg: RunConfig, run_dir: Path) -> dict[str, Any]:
         try:
             out[name] = build(cfg, run_dir)
         except InputError as exc:
-            raise InputError(f"run config [{name}]: {exc}") from None
+            said = in_run_terms(str(exc), name)
+            raise InputError(f"run config: {said}" if said != str(exc) else f"run config [{name}]: {said}") from None
     return out
 
 
 __all__ = ["BaselineSection", "BenchSection", "CONFIG_VERSION", "DataSection", "ExportSection", "ModelSection",
            "PrecisionSection", "PruneSection", "RunConfig", "STAGE_FILES", "STAGE_NAMES", "SearchSection",
-           "baseline_config", "bench_config", "demo_config", "derive_section", "export_configs", "precision_config",
-           "prune_config", "search_config", "stage_configs", "stage_subset"]
+           "baseline_config", "bench_config", "demo_config", "derive_section", "export_configs", "in_run_terms",
+           "precision_config", "prune_config", "search_config", "stage_configs", "stage_subset"]

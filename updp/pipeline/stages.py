@@ -39,6 +39,7 @@ from updp.pipeline.config import (
     baseline_config,
     bench_config,
     export_configs,
+    in_run_terms,
     precision_config,
     prune_config,
     search_config,
@@ -49,7 +50,7 @@ from updp.workflows.bench import bench, block_profiles
 from updp.workflows.config import EvalConfig
 from updp.workflows.evaluate import evaluate
 from updp.workflows.export import export
-from updp.workflows.precision import derive_files, write_derived
+from updp.workflows.precision import AccuracyDropError, derive_files, write_derived
 from updp.workflows.prune import prune
 from updp.workflows.search import manual_plan, run_search
 from updp.workflows.train import train
@@ -244,7 +245,10 @@ def _quantize_run(ctx: StageContext, resume: bool) -> StageOutcome:
     made = {}
     for key in ("baseline", "pruned"):  # both checked before either is written
         src = _file(ctx, "export", key)
-        made[key] = derive_files(load_onnx(src), ctx.path("quantize", f"{key}.onnx"), opts, where=str(src))
+        try:
+            made[key] = derive_files(load_onnx(src), ctx.path("quantize", f"{key}.onnx"), opts, where=str(src))
+        except AccuracyDropError as exc:  # its hint names `updp export`'s flags: say the run config's keys
+            raise AccuracyDropError(f"{key}: {in_run_terms(str(exc), 'precision')}") from None
     outputs, result = {}, {"enabled": True}
     ctx.path("quantize", "").mkdir(parents=True, exist_ok=True)
     for key, items in made.items():
