@@ -149,18 +149,28 @@ def test_failed_verification_writes_nothing(tmp_path, monkeypatch, capsys):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("command", [["run", "--out", "r"], ["demo"]])
-def test_run_and_demo_refuse_torchrun_in_one_line(tmp_path, monkeypatch, capsys, command):
-    """Under torchrun every rank would run the export, eval and bench stages too (the same files
-    written twice, each rank timing the other's load): one line, exit 2, nothing written."""
+@pytest.mark.parametrize("command", [["run", "--out", "r"], ["demo"], ["blocks", "resnet18", "--latency"],
+                                     ["export", "resnet18", "--out", "x.onnx"],
+                                     ["optimize", "a.onnx", "--out", "b.onnx"], ["bench", "a.onnx", "b.onnx"],
+                                     ["eval", "a.onnx", "--data", "digits"]])
+def test_commands_that_are_not_data_parallel_refuse_torchrun_in_one_line(tmp_path, monkeypatch, capsys, command):
+    """Under torchrun every rank would do the whole job again (the same files written twice, each
+    rank timing the others' load): one line, exit 2, nothing written, before any work."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(command) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not under torchrun (WORLD_SIZE=2)" in err[0] and "updp train" in err[0], err
+    assert len(err) == 1 and f"updp {command[0]}: error: updp {command[0]} runs in one process" in err[0], err
+    assert "not under torchrun (WORLD_SIZE=2)" in err[0]
+    assert ("updp train" in err[0]) if command[0] in ("run", "demo") else ("only train, search, prune" in err[0])
     assert not list(tmp_path.iterdir())
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process launched by torchrun is a plain run
     assert main(["run", "--print-config"]) == 0
+
+
+def test_printing_a_run_config_under_torchrun_is_allowed(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["run", "--print-config"]) == 0 and "[model]" in capsys.readouterr().out
 
 
 def test_bench_of_a_file_with_a_dynamic_image_size(tmp_path, capsys):

@@ -317,23 +317,30 @@ def run_config_from_args(args):
     return cfg.replace(**sections, **top)
 
 
+DATA_PARALLEL_COMMANDS = ("train", "search", "prune")  # the commands that run unchanged under torchrun
+
+
 def _refuse_under_torchrun(command: str) -> None:
-    """`updp run` and `updp demo` chain training with export, evaluation and timing in one process:
-    under torchrun every rank would run those stages too, write the same files and time the other
-    rank's load. The training commands themselves run data-parallel. WORLD_SIZE is read as torchrun
-    sets it (not through `updp.core.distributed`, which imports torch) so that this is decided first."""
+    """Only the training commands run data-parallel. Under torchrun every rank of any other command
+    would do the whole job again: write the same files, and in `bench`, `blocks --latency` and the
+    run's bench stage time its models while the other ranks load the same cores, so the figures
+    would be wrong without any sign of it. WORLD_SIZE is read as torchrun sets it (not through
+    `updp.core.distributed`, which imports torch) so that this is decided first."""
     world = os.environ.get("WORLD_SIZE", "1")
-    if world.isdigit() and int(world) > 1:
+    if command in DATA_PARALLEL_COMMANDS or not (world.isdigit() and int(world) > 1):
+        return
+    if command in ("run", "demo"):
         raise InputError(f"updp {command} runs in one process, not under torchrun (WORLD_SIZE={world}): each rank "
                          "would export, evaluate and time the models again; train data-parallel with "
                          "`torchrun ... -m updp train|search|prune`, then `updp run --checkpoint base.pt` alone")
+    raise InputError(f"updp {command} runs in one process, not under torchrun (WORLD_SIZE={world}): each rank would "
+                     "do the same work again (and time the models while the others load the same cores); only "
+                     f"{', '.join(DATA_PARALLEL_COMMANDS)} run data-parallel")
 
 
 def cmd_run(args) -> int:
     from updp.pipeline.run import format_headline, run_pipeline  # lazy: see above
 
-    if not args.print_config:
-        _refuse_under_torchrun("run")
     if not args.print_config and bool(args.out) == bool(args.resume):
         raise InputError("give --out DIR for a new run, or --resume DIR to continue one")
     cfg = run_config_from_args(args)
@@ -352,7 +359,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    _refuse_under_torchrun("demo")
     cfg = config_from_args(DemoConfig, args)
     if cfg.latency_only:
         from updp.workflows.demo import latency_what_if  # lazy: see above
@@ -557,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                      "other processes kept the CPUs busy" if waiting == "passive" else "no busy process seen")
     t0 = time.perf_counter()
     try:
+        if not getattr(args, "print_config", False):  # printing a config runs nothing
+            _refuse_under_torchrun(args.command)
         code = args.func(args)
     except UpdpError as exc:
         _stderr(f"updp {args.command}: error: {_one_line(exc)}")
