@@ -150,6 +150,13 @@ class Case:
     marks: list = field(default_factory=list)
 
 
+def model_with_data_file(d: Path) -> Path:
+    """The tiny model saved with every tensor in the external-data file `m.onnx.data` beside it."""
+    onnx.save_model(tiny_model(), str(d / "m.onnx"), save_as_external_data=True, location="m.onnx.data",
+                    size_threshold=0)
+    return d / "m.onnx"
+
+
 def _optimize(src: Callable[[Path], Path], out: str | Callable[[Path], str] = "out.onnx", *extra: str):
     def argv(d: Path) -> list[str]:
         target = out(d) if callable(out) else str(d / out) if out else ""
@@ -250,6 +257,11 @@ CASES = [
     Case("onnx-external-missing", _optimize(lambda d: external_model(d, "gone.bin")), 2, "gone.bin"),
     # outputs
     Case("out-is-input", _optimize(write_model, lambda d: str(d / "m.onnx")), 2, "is the input"),
+    Case("out-is-input-data", _optimize(model_with_data_file, lambda d: str(d / "m.onnx.data")), 2,
+         "holds the external data of the input"),
+    Case("bench-save-is-input-data", lambda d: ["bench", str(model_with_data_file(d)), "--repeats", "2", "--warmup",
+                                                "0", "--save", str(d / "m.onnx.data")], 2,
+         "holds the external data of the input"),
     Case("out-is-directory", _optimize(write_model, lambda d: str(d)), 2, "is a directory"),
     Case("out-is-fifo", _optimize(write_model, _fifo), 2, "not a regular file"),
     Case("out-is-device", _optimize(write_model, _device), 2, "not a regular file",

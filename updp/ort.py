@@ -204,6 +204,33 @@ def check_names(model: onnx.ModelProto, path: str | os.PathLike) -> None:
             raise InputError(f"{path} holds a name that is not UTF-8 text: {name[:60]!r}")
 
 
+def external_data_files(path: str | os.PathLike) -> list[Path]:
+    """The files that hold the external-data tensors of the ONNX file at `path` (as its tensors
+    name them, beside it); [] for a file that cannot be read as a model (`load_onnx` says why)."""
+    try:
+        model = read_onnx(path, load_external_data=False)
+    except Exception:  # protobuf raises DecodeError and others: reported when the model is loaded
+        return []
+    locations = {e.value for _, t in _graph_tensors(model.graph) if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+    return [Path(path).parent / loc for loc in sorted(locations)]
+
+
+def refuse_overwriting_data(outputs: list[str | os.PathLike | None], models: list[str | os.PathLike]) -> None:
+    """Refuse an output that is the external-data file of an input model: writing it would leave
+    the input model unreadable (the same file check of `updp.core.io` sees only the .onnx).
+
+    Raises:
+        InputError: naming the output and the model whose data it holds.
+    """
+    for model in models:
+        for data in external_data_files(model):
+            for out in outputs:
+                if out is not None and Path(out).exists() and data.exists() and os.path.samefile(out, data):
+                    raise InputError(f"the output {out} holds the external data of the input {model}: write the "
+                                     "result to another path")
+
+
 def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file with one-line, actionable errors for the usual failures."""
     path = Path(path)

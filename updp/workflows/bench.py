@@ -18,7 +18,7 @@ from updp.exporter.scopes import scopes_of
 from updp.exporter.torch_export import get_metadata
 from updp.latency.profile import median_block_us, profile_blocks_alternating
 from updp.latency.runner import BenchReport, LatencySetup, ModelTiming, benchmark
-from updp.ort import load_onnx
+from updp.ort import load_onnx, refuse_overwriting_data
 from updp.verify import check_equivalence
 from updp.workflows.config import BenchConfig, ExportConfig
 
@@ -81,6 +81,7 @@ def bench(cfg: BenchConfig) -> BenchSweep:
             that cannot run at a batch asked for.
     """
     check_outputs([cfg.save], list(cfg.models))
+    refuse_overwriting_data([cfg.save], list(cfg.models))
     names, protos = [], []
     for k, p in enumerate(cfg.models):
         proto = load_onnx(p)  # one-line error for a missing or malformed file before any timing starts
