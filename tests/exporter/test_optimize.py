@@ -11,8 +11,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from updp.cli import main
-from updp.core.errors import UnsupportedError
+from updp.core.errors import UnsupportedError, VerificationError
 from updp.exporter.optimize import optimize_file, upgrade_opset
+from updp.onnx_passes import optimize_model
 from updp.verify import TOLERANCES
 
 
@@ -43,6 +44,8 @@ def test_float16_and_double_graphs_are_merged_and_verified(tmp_path, dtype):
     onnx.save(_conv_bn_relu_conv(dtype), str(src))
     res = optimize_file(src, tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
     assert res.nodes_after < res.nodes_before and "BatchNormalization" not in res.ops_after
+    if dtype == TensorProto.FLOAT:  # ORT's CPU provider has no float64 Conv: the reference evaluator checks those
+        assert res.verified_with == "onnxruntime" and "verified (ORT, optimizations off" in res.format_summary()
     out = onnx.load(str(tmp_path / "o.onnx"))
     assert out.graph.input[0].type.tensor_type.elem_type == dtype
     assert all(t.data_type == dtype for t in out.graph.initializer)
@@ -76,6 +79,8 @@ def test_bfloat16_matmul_chain_is_merged_and_verified_by_the_reference_evaluator
     got = ReferenceEvaluator(str(tmp_path / "o.onnx")).run(None, {"x": x})[0].astype(np.float64)
     rtol, atol = TOLERANCES["bfloat16"]
     assert np.abs(got - want).max() <= atol + rtol * np.abs(want).max()
+    assert res.verified_with == "onnx reference evaluator"
+    assert "verified (onnx reference evaluator: ONNX Runtime does not run this model" in res.format_summary()
 
 
 def test_integer_math_passes_through_untouched(tmp_path):
@@ -245,3 +250,80 @@ def test_a_real_model_over_2_gb_is_optimized_and_verified(tmp_path):
     assert res.applied.get("fold_affine_after_linear") == 1 and res.ops_after == {"MatMul": 1}
     assert res.max_abs_diff is not None and res.rel_diff <= 1e-4
     assert any(p.name.startswith("o.onnx.") and p.name.endswith(".data") for p in tmp_path.iterdir())
+
+
+def _conv_then(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], **model_kw) -> onnx.ModelProto:
+    """x -> 1x1 Conv (w1) -> `nodes` -> y, (2, 4, 6, 6) -> (2, 8, 6, 6)."""
+    w1 = numpy_helper.from_array((np.random.default_rng(0).standard_normal((8, 4, 1, 1)) * 0.3).astype(np.float32),
+                                 "w1")
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1"), *nodes], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 8, 6, 6])], [w1, *inits])
+    return helper.make_model(g, **{"opset_imports": [helper.make_opsetid("", 17)], "ir_version": 8, **model_kw})
+
+
+def _infinite_scale() -> onnx.ModelProto:
+    s = np.ones((8, 1, 1), np.float32)
+    s[2] = np.inf
+    return _conv_then([helper.make_node("Mul", ["c1", "s"], ["y"], name="scale")], [numpy_helper.from_array(s, "s")])
+
+
+def _zero_variance_bn() -> onnx.ModelProto:
+    var = np.ones(8, np.float32)
+    var[0] = 0.0  # with epsilon 0: an infinite scale
+    inits = [numpy_helper.from_array(np.full(8, v, np.float32), n) for n, v in (("g", 1.5), ("b", 0.1), ("mu", 0.2))]
+    return _conv_then([helper.make_node("BatchNormalization", ["c1", "g", "b", "mu", "var"], ["y"], epsilon=0.0)],
+                      [*inits, numpy_helper.from_array(var, "var")])
+
+
+def _local_function_named_like_mul() -> onnx.ModelProto:
+    """A model-local function `local:Mul` whose body adds: an op of another domain that only
+    shares its name with ONNX's Mul."""
+    body = helper.make_node("Add", ["a", "b"], ["c"])
+    fn = helper.make_function("local", "Mul", ["a", "b"], ["c"], [body], [helper.make_opsetid("", 17)])
+    shift = numpy_helper.from_array(np.full((8, 1, 1), 0.5, np.float32), "t")
+    return _conv_then([helper.make_node("Mul", ["c1", "t"], ["y"], domain="local", name="local_mul")], [shift],
+                      opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)], functions=[fn])
+
+
+@pytest.mark.parametrize("make", [_infinite_scale, _zero_variance_bn, _local_function_named_like_mul])
+def test_a_model_onnxsims_optimizer_gets_wrong_is_written_with_the_passes_alone(tmp_path, make):
+    """A non-finite per-channel scale after a Conv (a Mul by inf, a BN with zero variance and
+    epsilon 0): folding it is not exact (the conv's sums become inf - inf = NaN), so the passes
+    refuse it; onnxsim's optimizer folds it anyway, and so it does a local function named Mul. The
+    check catches that, and the file is written without onnxsim's optimizer, verified."""
+    src, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(make(), str(src))
+    res = optimize_file(src, out, verify=True, polish=True, fold_layernorm_affine=False)
+    assert any(n.startswith("onnxsim's optimizer changed the outputs (output 'y': ") and
+               n.endswith("): written without it, the passes alone") for n in res.notes), res.notes
+    assert res.max_abs_diff == 0.0 and res.nodes_after == res.nodes_before
+    if make is not _local_function_named_like_mul:
+        assert any("NaN or an infinite value" in r for r in res.refusals), res.refusals
+    x = np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32)
+    want = ReferenceEvaluator(str(src)).run(None, {"x": x})[0]
+    got = ReferenceEvaluator(str(out)).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # with the optimizer off from the start: the same file, and nothing to note
+    plain = optimize_file(src, tmp_path / "p.onnx", verify=True, polish=False, fold_layernorm_affine=False)
+    assert not any("onnxsim" in n for n in plain.notes)
+    assert (tmp_path / "p.onnx").read_bytes() == out.read_bytes()
+
+
+def test_a_wrong_rewrite_without_the_optimizer_is_still_refused(tmp_path, monkeypatch):
+    """The retry is only for onnxsim's optimizer: when the passes' own result fails the check,
+    nothing is written (exit 4), polish or not."""
+    import updp.exporter.optimize as optimize_module
+
+    def broken(model, **kw):
+        res = optimize_model(model, **kw)
+        w = next(t for t in res.model.graph.initializer if len(t.dims) == 4)
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w) * 2, w.name))
+        return res
+
+    monkeypatch.setattr(optimize_module, "optimize_model", broken)
+    onnx.save(_conv_bn_relu_conv(TensorProto.FLOAT), str(tmp_path / "m.onnx"))
+    with pytest.raises(VerificationError, match="differs from the reference"):
+        optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
+    assert not (tmp_path / "o.onnx").exists()

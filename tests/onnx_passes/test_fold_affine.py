@@ -118,6 +118,32 @@ def test_bias_not_constant_refused(make_builder, unchanged, assert_refused):
     assert_refused(res, "fold_affine_after_linear", "bias is not a constant")
 
 
+@pytest.mark.parametrize("where", ["scale after", "shift before", "weight", "bias", "bn"])
+def test_a_constant_holding_inf_or_nan_is_not_folded(where, make_builder, unchanged, assert_refused):
+    """Folding ±inf or NaN is not exact: a folded inf weight sums to inf - inf = NaN where the
+    original computes ±inf. Each place a non-finite value can sit is refused, with that reason."""
+    b = make_builder(35)
+    bad = b.rand(4)
+    bad[1] = np.inf if where != "bias" else np.nan
+    w = b.rand(4, 4, 1, 1)
+    if where == "weight":
+        w[2, 0, 0, 0] = -np.inf
+    x = b.op("Add", ["x", b.const(bad.reshape(1, 4, 1, 1))]) if where == "shift before" else "x"
+    y = b.op("Conv", [x, b.const(w), *([b.const(bad)] if where == "bias" else [])], kernel_shape=[1, 1])
+    if where == "bn":
+        g, beta, mean, var = b.bn_stats(4)
+        var[0] = 0.0
+        y = b.op("BatchNormalization", [y, *(b.const(a) for a in (g, beta, mean, var))], epsilon=0.0)
+    elif where == "scale after":
+        y = b.op("Mul", [y, b.const(bad.reshape(1, 4, 1, 1))])
+    elif where != "shift before":  # an inf weight or bias, and a finite scale after it
+        y = b.op("Mul", [y, b.const(b.rand(1, 4, 1, 1))])
+    b.rename_output(y, "y")
+    res = unchanged(b.model({"x": (1, 4, 3, 3)}, {"y": None}))
+    rule = "fold_affine_before_linear" if where == "shift before" else "fold_affine_after_linear"
+    assert_refused(res, rule, "holds NaN or an infinite value")
+
+
 def test_gemm_trans_a_refused(make_builder, unchanged, assert_refused):
     b = make_builder(34)
     y = b.op("Gemm", ["x", b.const(b.rand(6, 5))], transA=1)

@@ -111,6 +111,9 @@ class OptimizedFile:
     seconds: float
     conversion: str | None = None
     inputs: str = "generated"
+    # where the check ran: "onnxruntime" (graph optimizations off), or onnx's reference evaluator
+    # for a model ONNX Runtime cannot load or run
+    verified_with: str | None = None
     notes: list[str] = field(default_factory=list)
     # int8 / float16 files made from this one (`updp.workflows.precision.DerivedFile`)
     derived: list = field(default_factory=list)
@@ -130,7 +133,9 @@ class OptimizedFile:
         if self.applied:
             lines.append("  rewrites: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.applied.items())))
         if self.max_abs_diff is not None:
-            lines.append(f"  verified (ORT, optimizations off, {self.inputs} inputs): max abs diff "
+            where = ("ORT, optimizations off" if self.verified_with in (None, "onnxruntime")
+                     else f"{self.verified_with}: ONNX Runtime does not run this model")
+            lines.append(f"  verified ({where}, {self.inputs} inputs): max abs diff "
                          f"{self.max_abs_diff:.2e} (relative {self.rel_diff:.2e})")
         else:
             lines.append("  NOT verified (--no-verify)")
@@ -265,6 +270,35 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
                             decisions=[], refusals=[], seconds=0.0, conversion=conversion, inputs=source)
     reference = work if conversion else src
     del original
+    notes = list(summary.notes)
+    try:
+        made = _write_checked(work, reference, out, summary, feeds, verify=verify, polish=polish,
+                              fold_layernorm_affine=fold_layernorm_affine, derive=derive)
+    except VerificationError as exc:
+        if not (polish and verify):
+            raise
+        # onnxsim's optimizer is not updp's algebra and has rewrites of its own that can change the
+        # outputs (a model-local function named like an ONNX op taken for that op, an infinite
+        # scale folded into a Conv): the passes alone are checked before anything is refused.
+        what = (first_line(exc).removeprefix("the optimized model differs from the reference: ")
+                .removesuffix("; no output was written"))
+        summary.notes = [*notes, f"onnxsim's optimizer changed the outputs ({what}): written without it, the "
+                                 "passes alone"]
+        again = reference if conversion else upgrade_opset(load_onnx(src))[0]  # `work` was rewritten in place
+        made = _write_checked(again, reference, out, summary, feeds, verify=verify, polish=False,
+                              fold_layernorm_affine=fold_layernorm_affine, derive=derive)
+    for item, model in made:
+        save_model(model, item.out)
+        summary.derived.append(item)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _write_checked(work: onnx.ModelProto, reference: onnx.ModelProto | str | Path, out: str | Path,
+                   summary: OptimizedFile, feeds: list[dict] | None, *, verify: bool, polish: bool,
+                   fold_layernorm_affine: bool, derive: Callable[[onnx.ModelProto], list] | None) -> list:
+    """Rewrite `work`, stage it at `out`, check it as that file against `reference`, then move it
+    into place; returns the derived files (written by the caller). Nothing is moved on a failure."""
     result = _rewrite(work, summary, polish=polish, fold_layernorm_affine=fold_layernorm_affine,
                       keep_input=reference is work)
     del work
@@ -273,13 +307,8 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         full_check(staged, "optimized model")
         if verify:
             rep = check_equivalence(reference, staged, feeds=feeds)
-            summary.max_abs_diff, summary.rel_diff = rep.max_abs_diff, rep.rel_diff
-        made = _derived(staged, derive)
-    for item, model in made:
-        save_model(model, item.out)
-        summary.derived.append(item)
-    summary.seconds = time.perf_counter() - t0
-    return summary
+            summary.max_abs_diff, summary.rel_diff, summary.verified_with = rep.max_abs_diff, rep.rel_diff, rep.runtime
+        return _derived(staged, derive)
 
 
 def _derived(staged: Path, derive: Callable[[onnx.ModelProto], list] | None) -> list:

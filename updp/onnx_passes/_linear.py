@@ -47,6 +47,12 @@ class Linear:
         return self.b if self.b is not None else np.zeros(self.n_out)
 
 
+# Folding or merging constants that hold NaN or ±inf is not exact algebra: a folded ±inf weight
+# turns the sum over a channel into inf - inf = NaN where the original computed ±inf, and 0·inf
+# where it computed 0.
+NOT_FINITE = "{what} holds NaN or an infinite value (folding it would create NaNs the original does not compute)"
+
+
 def parse_linear(g: Graph, idx: int, *, with_bias_add: bool = True) -> Linear | str | None:
     """The linear unit whose main node is `idx`; a reason string if it is one but unusable;
     None if the node is not a linear op."""
@@ -63,12 +69,16 @@ def parse_linear(g: Graph, idx: int, *, with_bias_add: bool = True) -> Linear | 
     if len(n.input) > 1 and n.input[1] in g.graph_inputs:
         return "weight is an overridable graph input"
     W = Wc.astype(np.float64)
+    if not np.all(np.isfinite(W)):
+        return NOT_FINITE.format(what="weight")
     b = None
     if len(n.input) > 2 and n.input[2]:
         bc = g.const(n.input[2])
         if bc is None:
             return "bias is not a constant"
         b = bc.astype(np.float64)
+        if not np.all(np.isfinite(b)):
+            return NOT_FINITE.format(what="bias")
     out = n.output[0]
     if n.op_type == "Conv":
         return Linear(idx, "conv", n.input[0], W, b, None, out, Wc.dtype)
@@ -218,6 +228,8 @@ def affine_vectors(
             return "BatchNormalization acts on axis 1, not on the linear op's channel axis"
         if a.bn[0].shape[0] != channels:
             return "channel count mismatch"
+        if not (np.all(np.isfinite(a.bn[0])) and np.all(np.isfinite(a.bn[1]))):
+            return NOT_FINITE.format(what="BatchNormalization scale or shift")
         return a.bn
     c = a.const
     if rank is None:
@@ -229,6 +241,8 @@ def affine_vectors(
         if c.ndim > rank:
             return "constant broadcasts the tensor to a higher rank"
         return f"constant of shape {tuple(c.shape)} is not per-channel along axis {axis} of rank {rank}"
+    if not np.all(np.isfinite(vec)):
+        return NOT_FINITE.format(what=f"{a.op} constant")
     if a.op == "Mul":
         return vec, np.zeros(channels)
     return np.ones(channels), vec

@@ -4,7 +4,8 @@ Adds) into the adjacent Conv / Gemm / MatMul.
 ``fold_affine_after_linear``
     Before: ``Linear(x; W, b) -> A -> y`` with A = BatchNormalization | Mul(c) | Add(c)
     After:  ``Linear(x; W', b') -> y``
-    Conditions: weight (and bias) constant; the linear's output has A as only reader; A's constant
+    Conditions: weight (and bias) constant and finite, as A's constants must be (folding ±inf or
+    NaN is not exact: see `_linear.NOT_FINITE`); the linear's output has A as only reader; A's constant
     varies only along the linear's output-channel axis (axis 1 of a Conv output, the last axis of
     a Gemm/MatMul output); a BatchNormalization next to a MatMul needs a rank-2 tensor (BN acts on
     axis 1).
