@@ -136,6 +136,33 @@ def test_an_old_opset_is_converted_then_optimized(tmp_path):
     assert "upgraded: opset 9 -> 13" in res.format_summary()
 
 
+def test_an_old_opset_models_local_function_is_converted_with_it(tmp_path):
+    """ONNX wants a function's opsets to be the model's: a local function of an opset-11 model is
+    converted to 13 with the graph (its Squeeze's `axes` attribute becomes an input), not kept at 11."""
+    body = [helper.make_node("Mul", ["a", "s"], ["m"]), helper.make_node("Add", ["m", "t"], ["o1"]),
+            helper.make_node("Unsqueeze", ["o1"], ["u"], axes=[0]), helper.make_node("Squeeze", ["u"], ["o"], axes=[0])]
+    fn = helper.make_function("local", "Affine", ["a", "s", "t"], ["o"], body, [helper.make_opsetid("", 11)])
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+             for name, shape in (("w1", (8, 4, 1, 1)), ("s", (8, 1, 1)), ("t", (8, 1, 1)), ("w2", (3, 8, 1, 1)))]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w1"], ["c1"]),
+                           helper.make_node("Affine", ["c1", "s", "t"], ["a"], domain="local"),
+                           helper.make_node("Conv", ["a", "w2"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 6, 6])], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 11), helper.make_opsetid("local", 1)],
+                              functions=[fn], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    res = optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=True, polish=True,
+                        fold_layernorm_affine=False)
+    assert res.conversion == "opset 11 -> 13 (onnx version converter)" and res.max_abs_diff == 0.0
+    (lifted,) = onnx.load(str(tmp_path / "o.onnx")).functions
+    assert [(o.domain, o.version) for o in lifted.opset_import] == [("", 13)]
+    squeeze = next(n for n in lifted.node if n.op_type == "Squeeze")
+    assert len(squeeze.input) == 2 and not squeeze.attribute  # axes moved to an input, as opset 13 has it
+
+
 def test_a_conversion_that_changes_the_interface_is_refused(tmp_path):
     """Scan-8 carries a batch axis that Scan-9 dropped: the converter changes the inputs."""
     from onnx.backend.test.case.node import collect_testcases

@@ -68,10 +68,12 @@ def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx
         return model, None
     try:
         converted = version_converter.convert_version(model, target)
-        # The converter drops the model's local functions; their bodies import their own opsets,
-        # so they go back as they were (the conversion check runs the result).
+        # The converter drops the model's local functions: they go back, lifted to the new opset
+        # (the conversion check runs the result).
         if model.functions and not converted.functions:
-            converted.functions.extend(model.functions)
+            converted.functions.extend(_lifted_function(f, target) for f in model.functions)
+    except UnsupportedError:
+        raise
     except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
         first = first_line(exc)
         raise UnsupportedError(f"default-domain opset {version} is older than the passes read ({target}), and "
@@ -88,6 +90,37 @@ def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx
                                f"or outputs ({changed}): an op of this opset changed its signature since; "
                                "re-export the model at opset >= 13")
     return converted, f"opset {version} -> {target} (onnx version converter)"
+
+
+def _lifted_function(function: onnx.FunctionProto, target: int) -> onnx.FunctionProto:
+    """`function` converted to default-domain opset `target`. ONNX wants a function's opsets to be
+    the model's, and onnx's version converter converts graphs, not function bodies: the body goes
+    through it as a graph of its own (the conversion check then runs the whole model).
+
+    Raises:
+        UnsupportedError: the converter cannot convert the body (its reason, one line).
+    """
+    version = next((o.version for o in function.opset_import if o.domain in ("", "ai.onnx")), None)
+    if version is None or version >= target:
+        return function
+    body = onnx.helper.make_graph(list(function.node), function.name,
+                                  [onnx.ValueInfoProto(name=n) for n in function.input],
+                                  [onnx.ValueInfoProto(name=n) for n in function.output])
+    as_model = onnx.helper.make_model(body, opset_imports=list(function.opset_import))
+    try:
+        converted = version_converter.convert_version(as_model, target)
+    except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
+        raise UnsupportedError(f"the model-local function {function.domain}:{function.name} imports opset {version}, "
+                               f"and onnx's version converter cannot convert its body to {target}: "
+                               f"{first_line(exc)}; re-export the model at opset >= 13") from None
+    lifted = onnx.FunctionProto()
+    lifted.CopyFrom(function)
+    del lifted.node[:]
+    lifted.node.extend(converted.graph.node)
+    for entry in lifted.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            entry.version = target
+    return lifted
 
 
 def _interface(model: onnx.ModelProto) -> list[tuple[str, str]]:
