@@ -232,6 +232,12 @@ def _npz(d: Path, **arrays) -> str:
     return str(d / "in.npz")
 
 
+def _pb_folder(d: Path, name: str, data: bytes) -> str:
+    (d / "pb").mkdir()
+    (d / "pb" / name).write_bytes(data)
+    return str(d / "pb")
+
+
 def _yaml_config(d: Path) -> list[str]:
     (d / "run.yaml").write_text(f"model: !!python/object/apply:os.system ['touch {d / MARKER}']\n")
     return ["run", "--config", str(d / "run.yaml"), "--out", str(d / "r")]
@@ -308,6 +314,17 @@ CASES = [
         d, x=np.zeros((0, 3, 8, 8), np.float32)))(d), 2, "no elements"),
     Case("inputs-wrong-names", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
         d, y=np.zeros((1, 3, 8, 8), np.float32)))(d), 2, "the model takes ['x']"),
+    Case("inputs-wrong-shape", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
+        d, x=np.zeros((1, 3, 9, 9), np.float32)))(d), 2, "'x' has shape [1, 3, 9, 9], the model takes [1, 3, 8, 8]"),
+    Case("inputs-wrong-rank", lambda d: _optimize(lambda d: write_model(d, batch="N"), "o.onnx", "--inputs", _npz(
+        d, x=np.zeros((3, 8, 8), np.float32)))(d), 2, "the model takes ['N', 3, 8, 8]"),
+    Case("inputs-wrong-dtype", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
+        d, x=np.zeros((1, 3, 8, 8), np.float64)))(d), 2, "'x' is float64, the model takes float32"),
+    Case("inputs-pb-misnamed", lambda d: _optimize(write_model, "o.onnx", "--inputs", _pb_folder(
+        d, "input_x.pb", numpy_helper.from_array(np.zeros((1, 3, 8, 8), np.float32)).SerializeToString()))(d), 2,
+         "input_x.pb is not named input_<k>.pb"),
+    Case("inputs-pb-undefined-type", lambda d: _optimize(write_model, "o.onnx", "--inputs", _pb_folder(
+        d, "input_0.pb", bytes.fromhex("0a03616263")))(d), 2, "input_0.pb: not a TensorProto onnx can read"),
     Case("run-config-yaml-python-tag", _yaml_config, 2, "run.yaml"),
     # the command line
     Case("model-unknown", lambda d: ["export", "no_such_net", "--out", str(d / "o.onnx")], 2, "no_such_net"),

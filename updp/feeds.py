@@ -25,15 +25,16 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import ml_dtypes
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
-from updp.core.errors import InputError, UnsupportedError
+from updp.core.errors import InputError, UnsupportedError, first_line
 
 DEFAULT_SYMBOLIC_DIM = 3  # a symbolic dimension that is not the leading (batch) one
 # The most bytes one generated input may take: a declared shape past it (a broken file, a huge dim)
@@ -213,7 +214,11 @@ def generate_feeds(model: onnx.ModelProto, *, batch: int = 1, trials: int = 3, s
 
 def _pb_feeds(folder: Path, model: onnx.ModelProto) -> dict:
     names = [s.name for s in graph_inputs(model)]
-    files = sorted(folder.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1]))
+    files = list(folder.glob("input_*.pb"))
+    misnamed = [p.name for p in files if not re.fullmatch(r"input_\d+\.pb", p.name)]
+    if misnamed:
+        raise InputError(f"{folder}: {misnamed[0]} is not named input_<k>.pb (k = 0, 1, ...: the input's position)")
+    files.sort(key=lambda p: int(p.stem.split("_")[1]))
     if len(files) != len(names):
         raise InputError(f"{folder}: {len(files)} input_*.pb files for {len(names)} model inputs {names}")
     feeds = {}
@@ -221,9 +226,10 @@ def _pb_feeds(folder: Path, model: onnx.ModelProto) -> dict:
         t = TensorProto()
         try:
             t.ParseFromString(path.read_bytes())
-        except Exception:  # protobuf's DecodeError
-            raise InputError(f"{path}: not a TensorProto") from None
-        feeds[t.name or name] = numpy_helper.to_array(t)
+            array = numpy_helper.to_array(t)
+        except Exception as exc:  # protobuf's DecodeError; numpy_helper's TypeError/ValueError for what it holds
+            raise InputError(f"{path}: not a TensorProto onnx can read: {first_line(exc)}") from None
+        feeds[t.name or name] = array
     return feeds
 
 
@@ -249,8 +255,33 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict]:
     for f in feeds:
         if set(f) != names:
             raise InputError(f"inputs {p} name {sorted(f)}, the model takes {sorted(names)}")
+        _refuse_misfits(f, graph_inputs(model), p)
         _refuse_empty(f, graph_inputs(model), p)
     return feeds
+
+
+def _refuse_misfits(feeds: dict, slots: list[InputSlot], path: Path) -> None:
+    """A tensor of another type or of another shape than the model declares: ONNX Runtime refuses
+    it, and the check would then run on onnx's reference evaluator, which computes something for it
+    (an int64 convolution, a larger output) that no deployment sees."""
+    for slot in slots:
+        value = feeds.get(slot.name)
+        if slot.kind != "tensor" or not isinstance(value, np.ndarray):
+            continue
+        if slot.elem_type:
+            try:
+                want = np.dtype(helper.tensor_dtype_to_np_dtype(slot.elem_type))
+            except (KeyError, TypeError):
+                want = None
+            if want is not None and value.dtype != want:
+                raise InputError(f"inputs {path}: {slot.name!r} is {value.dtype}, the model takes {want}")
+        if slot.shape is None:
+            continue
+        fixed = [d if isinstance(d, int) else None for d in slot.shape]
+        if value.ndim != len(fixed) or any(d is not None and d != n for d, n in zip(fixed, value.shape)):
+            declared = [d if d is not None else "?" for d in slot.shape]
+            raise InputError(f"inputs {path}: {slot.name!r} has shape {list(value.shape)}, the model takes "
+                             f"{declared}")
 
 
 def _refuse_empty(feeds: dict, slots: list[InputSlot], path: Path) -> None:
