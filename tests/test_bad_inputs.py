@@ -18,9 +18,11 @@ import os
 import pickle
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,6 +124,20 @@ def image_folder(d: Path) -> Path:
                 Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / split / cls / f"{i}.png")
     good = (root / "train" / "a" / "0.png").read_bytes()
     (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + good[:40])
+    return root
+
+
+def bomb_folder(d: Path) -> Path:
+    """image_folder, with a 20000 x 20000 PNG header among the val images: PIL refuses to open an
+    image past its pixel limit (a decompression bomb) with an error of its own type."""
+    root = image_folder(d)
+    (root / "train" / "a" / "broken.jpg").unlink()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0))
+    (root / "val" / "a" / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IEND", b""))
     return root
 
 
@@ -302,6 +318,8 @@ CASES = [
     Case("data-unknown", _train("imagenet"), 2, "unknown --data"),
     Case("data-folder-missing", _train(lambda d: f"imagefolder:{d / 'none'}"), 2, "directory not found"),
     Case("data-corrupt-image", _train(lambda d: f"imagefolder:{image_folder(d)}"), 2, "broken.jpg"),
+    Case("data-decompression-bomb", _train(lambda d: f"imagefolder:{bomb_folder(d)}"), 2,
+         "huge.png: Image size (400000000 pixels) exceeds limit"),
     Case("data-cifar-hostile", _train(lambda d: f"cifar10:{cifar_folder(d, hostile=True)}"), 2,
          "refused to load posix.system"),
     Case("data-cifar-missing-batches", _train(lambda d: (d / "c").mkdir() or f"cifar10:{d / 'c'}"), 2,

@@ -95,12 +95,16 @@ def test_imagefolder(tmp_path):
     assert torch.equal(a, d.train[0][0])
 
 
-def test_cifar10_pickles(tmp_path):
+def _write_cifar(root, labels=None, which="data_batch_1"):
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(tmp_path / name, "wb") as f:
+        with open(root / name, "wb") as f:
             pickle.dump({b"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8),
-                         b"labels": list(np.arange(20) % 10)}, f)
+                         b"labels": labels if labels is not None and name == which else list(np.arange(20) % 10)}, f)
+
+
+def test_cifar10_pickles(tmp_path):
+    _write_cifar(tmp_path)
     d = get_datasets(f"cifar10:{tmp_path}", 32)
     assert len(d.val) == 20 and len(d.train) + len(d.holdout) == 100 and d.num_classes == 10
     (tmp_path / "test_batch").unlink()
@@ -117,6 +121,63 @@ def test_cifar10_pickles(tmp_path):
 def test_bad_specs(spec, match):
     with pytest.raises(InputError, match=match):
         get_datasets(spec, 32)
+
+
+@pytest.mark.parametrize("labels, which, match", [
+    (list(range(10)) + list(range(7)), "data_batch_3", "data_batch_3 holds 20 images but 17 labels"),
+    ([*range(10), *range(9), 10], "test_batch", "test_batch holds the label 10; CIFAR-10's are 0..9"),
+    ([-1, *range(10), *range(9)], "data_batch_1", "holds the label -1"),
+])
+def test_cifar10_batches_whose_labels_do_not_fit_their_images_are_refused(tmp_path, labels, which, match):
+    """Images and labels are paired by position: a batch with fewer labels would shift every label
+    after it onto another image, and a label outside 0..9 would make another class count."""
+    _write_cifar(tmp_path, labels, which)
+    with pytest.raises(InputError, match=match):
+        get_datasets(f"cifar10:{tmp_path}", 32)
+
+
+def test_imagefolder_ignores_hidden_folders_and_files(tmp_path):
+    """`.ipynb_checkpoints` and the like are no class, and a hidden file no image: either would
+    shift every class index or train on copies."""
+    from PIL import Image
+
+    _write_folder(tmp_path)
+    for split in ("train", "val"):
+        (tmp_path / split / ".ipynb_checkpoints").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / ".ipynb_checkpoints" / "x.png")
+        (tmp_path / split / "a" / ".cache").mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "a" / ".cache" / "y.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / split / "b" / "._z.png")  # macOS resource fork
+    d = get_datasets(f"imagefolder:{tmp_path}", 16)
+    assert d.num_classes == 2 and len(d.val) == 4 and len(d.train) + len(d.holdout) == 10
+    folder = d.val.folder
+    assert folder.classes == ["a", "b"] and not any("/." in path for path, _ in folder.samples)
+
+
+def test_imagefolder_reads_a_folder_reached_through_a_link_loop_once_under_its_own_class(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "train" / "a" / "loop").symlink_to("..")  # train/a/loop -> train/: holds a/ and b/
+    (tmp_path / "train" / "b" / "more").symlink_to(tmp_path / "val" / "b")  # a linked folder of b's images
+    d = get_datasets(f"imagefolder:{tmp_path}", 16)
+    folder = d.train.folder  # every image of train/, the holdout's included
+    labels = [label for _, label in folder.samples]
+    assert labels.count(0) == 5 and labels.count(1) == 5 + 2  # b's 5, and the 2 reached through its link
+    assert all(("/b/" in path) == (label == 1) for path, label in folder.samples)
+
+
+def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    """PIL's own RGB conversion clips 0..65535 to 0..255: nearly every pixel would be white."""
+    from PIL import Image
+
+    from updp.data import _load_rgb
+
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (4, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    assert Image.open(tmp_path / "ramp.png").mode.startswith("I;16")
+    rgb = np.asarray(_load_rgb(str(tmp_path / "ramp.png")))
+    assert rgb.shape == (4, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    np.testing.assert_array_equal(rgb[0, :, 0], (ramp[0] >> 8).astype(np.uint8))
+    assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and len(np.unique(rgb)) > 50
 
 
 def test_imagefolder_without_val(tmp_path):

@@ -40,8 +40,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from updp.core.errors import InputError
 from updp.core.seeding import mix_seed
@@ -271,9 +273,15 @@ def _cifar10(path: str, size, split_seed, spec) -> DataBundle:
             with open(root / n, "rb") as f:
                 d = CifarUnpickler(f).load()
             xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64).reshape(-1))
         except Exception as e:  # a truncated, foreign or hostile file
             raise InputError(f"--data cifar10: cannot read {root / n}: {type(e).__name__}: {e}") from None
+        # images and labels are paired by position: a batch with more of one would shift every label after it
+        if len(xs[-1]) != len(ys[-1]):
+            raise InputError(f"--data cifar10: {root / n} holds {len(xs[-1])} images but {len(ys[-1])} labels")
+        if len(ys[-1]) and (ys[-1].min() < 0 or ys[-1].max() > 9):
+            bad = ys[-1][(ys[-1] < 0) | (ys[-1] > 9)][0]
+            raise InputError(f"--data cifar10: {root / n} holds the label {bad}; CIFAR-10's are 0..9")
     x = np.concatenate(xs)
     y = np.concatenate(ys)
     images = _resize_u8(x, size)
@@ -307,7 +315,8 @@ class _FolderSplit(Dataset):
         path, label = self.folder.samples[idx]
         try:
             img = self.folder.loader(path)
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: truncated, corrupt or not an image
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL: truncated, corrupt,
+            # not an image, or one whose declared size is past PIL's limit (a decompression bomb)
             raise InputError(f"--data imagefolder: cannot read image {path}: {' '.join(str(e).split())}") from None
         if self.augment:
             # torchvision transforms draw from the global torch RNG: fork it, seeded per item.
@@ -319,6 +328,66 @@ class _FolderSplit(Dataset):
         return x, label
 
 
+def _hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _load_rgb(path: str) -> Image.Image:
+    """An image as 8-bit RGB. PIL's own conversion clips 16-bit greyscale (I;16: 0..65535) to
+    0..255, which turns almost every pixel white; those are scaled to 8 bits instead."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        if img.mode.startswith("I;16"):
+            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8), mode="L")
+        return img.convert("RGB")
+
+
+class _ImageFolder(datasets.ImageFolder):
+    """torchvision's ImageFolder without what a dataset folder collects by accident: hidden folders
+    (`.ipynb_checkpoints`, `.git`) are not classes and hidden files are not images, and a folder
+    reached twice through symbolic links (a link to a parent makes a loop) is read once, so that no
+    image is counted twice or under another class."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root, loader=_load_rgb)
+
+    def find_classes(self, directory):
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        roots = {name: os.path.realpath(os.path.join(directory, name)) for name in class_to_idx}
+
+        def other_classes(real: str, name: str) -> bool:
+            """`real` is another class's folder, or holds one (a link to the split folder or above)."""
+            return any(real == r or r.startswith(real.rstrip(os.sep) + os.sep)
+                       for other, r in roots.items() if other != name)
+
+        seen: set[str] = set()
+        samples = []
+        for name in sorted(class_to_idx):
+            found = 0
+            for folder, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+                real = os.path.realpath(folder)
+                if real in seen or other_classes(real, name):
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                dirs[:] = sorted(d for d in dirs if not _hidden(d))
+                for file in sorted(files):
+                    path = os.path.join(folder, file)
+                    if not _hidden(file) and datasets.folder.has_file_allowed_extension(path, IMG_EXTENSIONS):
+                        samples.append((path, class_to_idx[name]))
+                        found += 1
+            if not found and not allow_empty:
+                raise FileNotFoundError(f"Found no valid file for the class {name}. Supported extensions are: "
+                                        f"{', '.join(IMG_EXTENSIONS)}")
+        return samples
+
+
 def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
     root = Path(path)
     if not root.is_dir():
@@ -328,8 +397,8 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
             raise InputError(f"--data imagefolder: {root} has no {sub}/ folder (expected train/<class>/* "
                              "and val/<class>/*)")
     try:
-        train_f = datasets.ImageFolder(str(root / "train"))
-        val_f = datasets.ImageFolder(str(root / "val"))
+        train_f = _ImageFolder(str(root / "train"))
+        val_f = _ImageFolder(str(root / "val"))
     except (FileNotFoundError, RuntimeError) as e:
         raise InputError(f"--data imagefolder: {str(e).splitlines()[0]}") from None
     if train_f.classes != val_f.classes:
@@ -337,10 +406,9 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
                          f"{val_f.classes[:5]}... (they must be the same folders)")
     pad = max(1, size[0] // 8)
     norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    rgb = transforms.Lambda(lambda im: im.convert("RGB"))
-    t_train = transforms.Compose([rgb, transforms.Resize(size), transforms.RandomCrop(size, padding=pad),
+    t_train = transforms.Compose([transforms.Resize(size), transforms.RandomCrop(size, padding=pad),
                                   transforms.RandomHorizontalFlip(), *norm])
-    t_eval = transforms.Compose([rgb, transforms.Resize(size), *norm])
+    t_eval = transforms.Compose([transforms.Resize(size), *norm])
     labels = np.asarray(train_f.targets, dtype=np.int64)
     rest, hold = stratified_split(labels, HOLDOUT_FRACTION, mix_seed(split_seed, 1))
     train = _FolderSplit(train_f, rest, t_train, augment=True, seed=split_seed)
