@@ -221,6 +221,20 @@ def _ck_nan(d: Path) -> Path:
     return d / "c.pt"
 
 
+def _ck_lists(d: Path) -> Path:
+    torch.save({k: v.tolist() for k, v in small_state_dict().items()}, d / "c.pt")
+    return d / "c.pt"
+
+
+def _ck_spec(**broken):
+    """A checkpoint of updp (weights and model_spec) with one field of its model_spec broken."""
+    def make(d: Path) -> Path:
+        spec = {"model": "timm:mobilenetv2_035", "kwargs": {}, "num_classes": 10, "input_size": [3, 32, 32], **broken}
+        torch.save({"format": 1, "model": small_state_dict(), "model_spec": spec}, d / "c.pt")
+        return d / "c.pt"
+    return make
+
+
 def _ck_truncated(d: Path) -> Path:
     torch.save(small_state_dict(), d / "full.pt")
     (d / "c.pt").write_bytes((d / "full.pt").read_bytes()[:5000])
@@ -312,6 +326,15 @@ CASES = [
     Case("checkpoint-hostile", _export_ck(_ck_hostile), 2, "refused: it holds Python objects"),
     Case("checkpoint-nan", _export_ck(_ck_nan), 2, "'classifier.weight' holds 1 NaN"),
     Case("checkpoint-truncated", _export_ck(_ck_truncated), 2, "truncated or corrupt"),
+    Case("checkpoint-lists-not-tensors", _export_ck(_ck_lists), 2, "holds a list, not a tensor"),
+    Case("checkpoint-spec-size", lambda d: ["export", "--checkpoint", str(_ck_spec(input_size=["a", "b", "c"])(d)),
+                                            "--out", str(d / "o.onnx")], 2, "is not three positive integers"),
+    Case("checkpoint-spec-model", lambda d: ["eval", str(_ck_spec(model=123)(d)), "--data", "digits"], 2,
+         "model_spec's model is 123"),
+    Case("checkpoint-spec-kwargs", lambda d: ["eval", str(_ck_spec(kwargs=[1, 2])(d)), "--data", "digits"], 2,
+         "are not a table of constructor arguments"),
+    Case("checkpoint-spec-classes", lambda d: ["eval", str(_ck_spec(num_classes="two")(d)), "--data", "digits"], 2,
+         "num_classes 'two' is not a positive integer"),
     Case("checkpoint-missing", _export_ck(lambda d: d / "none.pt"), 2, "checkpoint not found"),
     Case("checkpoint-wrong-model", _export_ck(_ck_wrong_model), 2, "c.pt"),
     # data

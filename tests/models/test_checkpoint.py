@@ -67,8 +67,9 @@ def test_the_writer_records_format_spec_and_plan_and_the_reader_returns_them(tmp
     raw = torch.load(tmp_path / "c.pt", weights_only=True)
     assert raw["format"] == CHECKPOINT_FORMAT and raw["epoch"] == 2 and raw["plan"] is None
     ck = read_checkpoint(tmp_path / "c.pt")
-    assert ck.written_by_updp and ck.model_spec == spec and ck.plan is None
-    assert set(ck.state_dict) == set(m.state_dict())
+    # the record comes back checked, in its canonical form (source and bare name added)
+    assert ck.written_by_updp and ck.model_spec == {**spec, "source": "timm", "name": "mobilenetv2_035"}
+    assert ck.plan is None and set(ck.state_dict) == set(m.state_dict())
 
 
 def test_a_plain_state_dict_reads_without_spec_or_plan(saved):

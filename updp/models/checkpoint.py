@@ -39,6 +39,7 @@ from torch import nn
 
 from updp.core.errors import InputError, first_line
 from updp.core.io import atomic_path
+from updp.models.zoo import normalize_record
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ class Checkpoint:
     Attributes:
         path: where it was read from.
         state_dict: the weights (string keys, `module.` prefixes removed).
-        model_spec: the spec record of a updp checkpoint, else None.
+        model_spec: the spec record of a updp checkpoint, checked and in its canonical form
+            (`updp.models.zoo.normalize_record`), else None.
         plan: the prune plan dict of a pruned updp checkpoint, else None.
         payload: the whole object as loaded (the training state of a updp checkpoint; `{}` for a
             safetensors file).
@@ -123,6 +125,9 @@ def _state_dict_of(obj: Any, path: str) -> dict[str, torch.Tensor]:
                          "'model' or 'state_dict')")
     if any(not isinstance(k, str) for k in obj):
         raise InputError(f"{path}: not a state dict (non-string keys)")
+    wrong = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if wrong is not None:
+        raise InputError(f"{path}: not a state dict: {wrong!r} holds a {type(obj[wrong]).__name__}, not a tensor")
     if all(k.startswith("module.") for k in obj):  # saved from DataParallel / DDP
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj
@@ -145,6 +150,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     _check_finite(state, path)
     payload = obj if isinstance(obj, dict) and state is not obj else {}
     spec = payload.get("model_spec") if isinstance(payload.get("model_spec"), dict) else None
+    if spec is not None:  # checked once here, for every command that rebuilds the model from it
+        spec = normalize_record(spec, path)
     plan = payload.get("plan") if isinstance(payload.get("plan"), dict) else None
     return Checkpoint(path=path, state_dict=state, model_spec=spec, plan=plan, payload=payload)
 

@@ -233,16 +233,26 @@ def normalize_record(record: dict[str, Any], where: str) -> dict[str, Any]:
     Raises:
         InputError: the record names no model or has no (C, H, W) input size.
     """
-    name = record.get("model") or (f"{record['source']}:{record['name']}" if "source" in record else None)
+    name = record.get("model") or (f"{record.get('source')}:{record.get('name')}" if "source" in record else None)
     if not name:
         raise InputError(f"{where}: model_spec names no model")
+    if not isinstance(name, str):
+        raise InputError(f"{where}: model_spec's model is {name!r}, not a model name")
     size = record.get("input_size")
-    if not size or len(size) != 3:
+    if not size or not isinstance(size, (list, tuple)) or len(size) != 3:
         raise InputError(f"{where}: model_spec has no input_size [C, H, W]")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        raise InputError(f"{where}: model_spec's input_size {list(size)} is not three positive integers [C, H, W]")
+    kwargs = record.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise InputError(f"{where}: model_spec's kwargs {kwargs!r} are not a table of constructor arguments")
+    classes = record.get("num_classes")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+        raise InputError(f"{where}: model_spec's num_classes {classes!r} is not a positive integer")
     source, bare = parse_spec(name)
-    kwargs = {k: v for k, v in dict(record.get("kwargs") or {}).items() if k != "num_classes"}
-    return {"model": f"{source}:{bare}", "source": source, "name": bare, "kwargs": kwargs,
-            "num_classes": record.get("num_classes"), "input_size": [int(v) for v in size]}
+    return {"model": f"{source}:{bare}", "source": source, "name": bare,
+            "kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"}, "num_classes": classes,
+            "input_size": [int(v) for v in size]}
 
 
 def create_from_record(record: dict[str, Any]) -> nn.Module:
