@@ -141,6 +141,38 @@ def bomb_folder(d: Path) -> Path:
     return root
 
 
+def classifier(d: Path, *, channels: int = 3, second_input: bool = False, logits_4d: bool = False,
+               name: str = "clf.onnx") -> Path:
+    """An 8x8 image classifier of 10 classes (a Conv over the whole image), with what `updp eval`
+    cannot measure when asked: another channel count, a second input, [N, 10, 1, 1] logits."""
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((10, channels, 8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"])]
+    if logits_4d:
+        nodes[0].output[0] = "y"
+    else:
+        nodes.append(helper.make_node("Flatten", ["c"], ["y" if not second_input else "f"]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 8, 8])]
+    if second_input:
+        nodes.append(helper.make_node("Add", ["f", "z"], ["y"]))
+        inputs.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, [1]))
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 1, 1] if logits_4d else [1, 10])
+    graph = helper.make_graph(nodes, "clf", inputs, [out], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(d / name))
+    return d / name
+
+
+def tiny_folder(d: Path, per_class: int = 3) -> Path:
+    """train/ and val/ of two classes with `per_class` PNGs each: too few for a holdout split."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (d / "tiny" / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(d / "tiny" / split / cls / f"{i}.png")
+    return d / "tiny"
+
+
 def mount_tmpfs(where: Path, options: str) -> bool:
     """A small tmpfs (root on Linux only): the real read-only and full-disk errors, not mocks."""
     where.mkdir()
@@ -348,6 +380,17 @@ CASES = [
     Case("data-cifar-missing-batches", _train(lambda d: (d / "c").mkdir() or f"cifar10:{d / 'c'}"), 2,
          "lacks data_batch_1"),
     Case("data-diverges", _train("digits", "--lr", "1e30", "--warmup-epochs", "0"), 2, "training diverged"),
+    # eval of a file that is not a classifier updp can feed, or of a split with nothing in it
+    Case("eval-two-inputs", lambda d: ["eval", str(classifier(d, second_input=True)), "--data", "digits"], 2,
+         "takes 2 inputs (x, z)"),
+    Case("eval-one-channel", lambda d: ["eval", str(classifier(d, channels=1)), "--data", "digits"], 2,
+         "takes 1-channel images, the data is served with 3 channels"),
+    Case("eval-4d-logits", lambda d: ["eval", str(classifier(d, logits_4d=True)), "--data", "digits"], 2,
+         "has shape [1, 10, 1, 1]; accuracy needs logits [N, classes]"),
+    Case("eval-empty-split", lambda d: ["eval", str(classifier(d)), "--data", f"imagefolder:{tiny_folder(d, 1)}",
+                                        "--split", "holdout"], 2, "the holdout split of imagefolder:"),
+    Case("eval-upper-case-onnx", lambda d: ["eval", str(classifier(d, second_input=True, name="CLF.ONNX")), "--data",
+                                            "digits"], 2, "takes 2 inputs"),
     # verification inputs and configs
     Case("inputs-pickled-npz", lambda d: _optimize(write_model, "o.onnx", "--inputs", _npz(
         d, x=np.array([{"a": 1}], dtype=object)))(d), 2, "cannot read inputs"),

@@ -190,3 +190,13 @@ def test_bench_of_a_file_with_a_dynamic_image_size(tmp_path, capsys):
     payload = json.loads(capsys.readouterr().out)
     assert [r["setup"]["dims"] for r in payload["reports"]] == [{"height": 6, "width": 4}] * 2
     assert [r["setup"]["batch"] for r in payload["reports"]] == [1, 2]
+
+
+def test_a_closed_output_pipe_is_exit_141_not_an_internal_error(tmp_path):
+    """`updp ... | head`: the reader is gone when the summary is printed (`true` reads nothing and
+    exits at once); the command ends like a shell command killed by SIGPIPE, silently."""
+    script = "import sys; from updp.cli import main; sys.exit(main(['blocks', 'resnet18', '--json']))"
+    proc = subprocess.run(f"{sys.executable} -c \"{script}\" | true; echo \"${{PIPESTATUS[0]}}\"", shell=True,
+                          capture_output=True, text=True, cwd=tmp_path, executable="/bin/bash")
+    assert proc.stdout.strip() == "141", (proc.stdout, proc.stderr)
+    assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -85,16 +85,27 @@ def onnx_accuracy(model: str | onnx.ModelProto, dataset: Dataset, *, batch_size:
     where = model if isinstance(model, str) else "the ONNX model"
     proto = load_onnx(model) if isinstance(model, str) else model
     sess = make_session(proto, opt_level="all", threads=threads)
-    inp = sess.get_inputs()[0]
+    inputs = sess.get_inputs()
+    if len(inputs) != 1:
+        raise InputError(f"{where} takes {len(inputs)} inputs ({', '.join(i.name for i in inputs)}): accuracy is "
+                         "measured on a classifier of one NCHW image input")
+    inp = inputs[0]
     shape = list(inp.shape)
     if len(shape) != 4:
         raise InputError(f"{where}: expected one NCHW image input, got input {inp.name} of shape {shape}")
     x0, _ = dataset[0]
-    for axis, want in zip(shape[1:], x0.shape):
+    if isinstance(shape[1], int) and shape[1] != x0.shape[0]:
+        raise InputError(f"{where} takes {shape[1]}-channel images, the data is served with {x0.shape[0]} channels "
+                         "(updp serves every dataset as RGB)")
+    for axis, want in zip(shape[2:], x0.shape[1:]):
         if isinstance(axis, int) and axis != want:
             raise InputError(f"{where} takes inputs {shape[1:]}, the data is served at {list(x0.shape)} "
                              "(pass the matching --input-size)")
-    out_shape = sess.get_outputs()[0].shape
+    output = sess.get_outputs()[0]
+    out_shape = output.shape
+    if len(out_shape) != 2:
+        raise InputError(f"{where}: its first output {output.name} has shape {out_shape}; accuracy needs logits "
+                         "[N, classes]")
     if num_classes is not None and isinstance(out_shape[-1], int) and out_shape[-1] != num_classes:
         raise InputError(f"{where} predicts {out_shape[-1]} classes, the data has {num_classes}")
     # A float16 file with float16 inputs (`updp export --fp16`) gets the images in its own dtype.

@@ -13,6 +13,7 @@ Exit codes (see `updp.core.errors`): 0 ok, 1 internal error, 2 bad input, 3 unsu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from updp.core.constants import AMP_MODES
-from updp.core.errors import EXIT_INTERRUPTED, InputError, UpdpError
+from updp.core.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, InputError, UpdpError
 from updp.core.runtime import OPENMP_COMMANDS, choose_openmp_waiting, command_of
 from updp.core.version import __version__
 from updp.pipeline.config import STAGE_NAMES, RunConfig, demo_config
@@ -45,7 +46,7 @@ from updp.workflows.config import (
 logger = logging.getLogger("updp")
 
 EPILOG_EXIT_CODES = """exit codes: 0 ok, 1 internal error (a bug), 2 bad input, 3 unsupported pattern,
-4 verification failed (nothing written), 130 interrupted"""
+4 verification failed (nothing written), 130 interrupted, 141 output pipe closed"""
 
 
 # ---------------------------------------------------------------- text -> values
@@ -572,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _stderr(f"updp {args.command}: interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader of stdout went away (`updp ... | head`): nothing left to tell it
+        with contextlib.suppress(OSError):  # and Python's own flush at exit must not fail on it either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line by default, the traceback with --verbose
         if args.verbose:
             raise

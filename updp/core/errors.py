@@ -7,11 +7,13 @@ Exit codes:
     3  unsupported pattern or block (the tool refuses rather than produce a wrong model)
     4  verification failed: the optimized model does not match the reference; nothing was written
   130  interrupted (Ctrl-C): 128 + SIGINT, what a shell reports for a command it stopped
+  141  the reader of its output went away (`updp ... | head`): 128 + SIGPIPE, as a shell reports it
 """
 
 from __future__ import annotations
 
 EXIT_INTERRUPTED = 130  # the status of a command stopped by Ctrl-C (see above)
+EXIT_BROKEN_PIPE = 141  # the status of a command whose stdout was closed (see above)
 
 
 class UpdpError(Exception):

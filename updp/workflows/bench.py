@@ -89,7 +89,7 @@ def bench(cfg: BenchConfig) -> BenchSweep:
         if name in names:
             name = str(p)
         if name in names:
-            raise InputError(f"updp bench: {p} is given twice")
+            raise InputError(f"{p} is given twice")
         names.append(name)
         protos.append(proto)
     sweep = BenchSweep(reports=[])

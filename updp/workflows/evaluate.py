@@ -23,8 +23,11 @@ from updp.workflows.resolve import load_model
 
 def onnx_input_size(path: str, proto) -> tuple[int, int]:
     """(H, W) of an ONNX image model: its static input shape, else its `updp.input_shape` metadata."""
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    if len(dims) == 4 and dims[2] and dims[3]:
+    first = proto.graph.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in first.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise InputError(f"{path}: expected one NCHW image input, got input {first.name!r} with {len(dims)} dims")
+    if dims[2] and dims[3]:
         return dims[2], dims[3]
     meta = get_metadata(proto)
     if "updp.input_shape" in meta:
@@ -36,8 +39,17 @@ def _evaluate_onnx(cfg: EvalConfig) -> tuple[dict, tuple[int, int]]:
     proto = load_onnx(cfg.file)
     size = cfg.input_size or onnx_input_size(cfg.file, proto)
     data = get_datasets(cfg.data, size, split_seed=cfg.split_seed)
-    res = onnx_accuracy(proto, getattr(data, cfg.split), batch_size=cfg.batch_size, num_classes=data.num_classes)
+    res = onnx_accuracy(proto, _split(data, cfg), batch_size=cfg.batch_size, num_classes=data.num_classes)
     return res, size
+
+
+def _split(data, cfg: EvalConfig):
+    """The split to evaluate on; an empty one (a small image folder's holdout) has no accuracy."""
+    split = getattr(data, cfg.split)
+    if len(split) == 0:
+        raise InputError(f"the {cfg.split} split of {cfg.data} is empty: nothing to measure (choose another --split, "
+                         "or give the dataset more images)")
+    return split
 
 
 @fast_cpu_math()  # an ONNX file is evaluated as ONNX Runtime computes it by default
@@ -50,7 +62,7 @@ def _evaluate_checkpoint(cfg: EvalConfig) -> tuple[dict, tuple[int, int]]:
     n_cls = loaded.spec.get("num_classes")
     if n_cls is not None and n_cls != data.num_classes:
         raise InputError(f"{cfg.file} has {n_cls} classes, the data ({cfg.data}) has {data.num_classes}")
-    res = module_accuracy(loaded.module, getattr(data, cfg.split), batch_size=cfg.batch_size)
+    res = module_accuracy(loaded.module, _split(data, cfg), batch_size=cfg.batch_size)
     res["provider"] = "torch (cpu)"
     if loaded.plan is not None:
         res["pruned_blocks"] = list(loaded.plan.blocks)
@@ -67,7 +79,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         InputError: unreadable file, unknown data, a class count or input size that does not fit.
     """
     t0 = time.perf_counter()
-    is_onnx = str(cfg.file).endswith(".onnx")
+    is_onnx = str(cfg.file).lower().endswith(".onnx")
     res, size = _evaluate_onnx(cfg) if is_onnx else _evaluate_checkpoint(cfg)
     return {"file": str(cfg.file), "kind": "onnx" if is_onnx else "checkpoint", "data": cfg.data,
             "split": cfg.split, "input_size": list(size), **res, "seconds": time.perf_counter() - t0}
