@@ -423,6 +423,34 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
 
 # ------------------------------------------------------------------ entry point
 
+def data_folder(spec: str) -> Path | None:
+    """The folder a `--data` spec reads (imagefolder:PATH, cifar10:PATH); None for the bundled sets."""
+    kind, _, path = spec.partition(":")
+    if kind.strip().lower() in ("imagefolder", "cifar10") and path:
+        return Path(os.path.expanduser(path))
+    return None
+
+
+def refuse_outputs_in_data(outputs: list[str | os.PathLike | None], spec: str | None) -> None:
+    """An output inside the dataset's folder would replace one of its files (a CIFAR-10 batch) or
+    join it (a checkpoint among the images); refused before any work.
+
+    Raises:
+        InputError: naming the output and the folder.
+    """
+    folder = data_folder(spec) if spec else None
+    if folder is None or not folder.exists():
+        return
+    root = os.path.realpath(folder)
+    for out in outputs:
+        if out is None:
+            continue
+        real = os.path.realpath(out)
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            raise InputError(f"the output {out} is inside the dataset folder {folder} (--data {spec}): write it "
+                             "elsewhere")
+
+
 def get_datasets(spec: str, input_size: int | tuple[int, int] = 32, *, split_seed: int = 0) -> DataBundle:
     """Build the train/val/holdout splits of a `--data` spec (see the module docstring).
 

@@ -40,6 +40,7 @@ from torch.jit import TracerWarning
 from updp.core.errors import InputError
 from updp.core.io import check_writable_dir, write_text_atomic
 from updp.core.version import __version__
+from updp.data import refuse_outputs_in_data
 from updp.pipeline.config import STAGE_NAMES, RunConfig
 from updp.pipeline.report import headline
 from updp.pipeline.stages import STAGES, StageContext
@@ -208,6 +209,8 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
         InputError: bad config, unknown stage, a stage's bad input.
     """
     t_all = time.perf_counter()
+    if isinstance(cfg, RunConfig):  # before the folder is made
+        refuse_outputs_in_data([run_dir], cfg.data.spec)
     run_dir = check_writable_dir(run_dir)
     echo = echo or logger.info
     cfg = resolve_config(cfg, run_dir, resume)
@@ -216,6 +219,7 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
     bad = sorted(set(redo or []) - set(STAGE_NAMES))
     if bad:
         raise InputError(f"--redo {bad}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
+    refuse_outputs_in_data([run_dir], cfg.data.spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json())
     ctx = StageContext(cfg=cfg, run_dir=run_dir, progress=progress, echo=echo)

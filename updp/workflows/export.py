@@ -21,6 +21,7 @@ import torch
 from updp.blocks.discover import find_blocks
 from updp.core.errors import InputError
 from updp.core.io import check_outputs
+from updp.data import refuse_outputs_in_data
 from updp.exporter.export import ExportResult, export_module
 from updp.exporter.selection import select_blocks
 from updp.exporter.torch_export import save_model
@@ -86,6 +87,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     """
     t0 = time.perf_counter()
     check_outputs([cfg.out, *derived_paths(cfg.out, cfg)], [cfg.checkpoint])
+    refuse_outputs_in_data([cfg.out, *derived_paths(cfg.out, cfg)], cfg.data)
     torch.manual_seed(cfg.seed)
     cfg = with_checkpoint_spec(cfg)
     module, plan, chw = _model(cfg)

@@ -16,6 +16,7 @@ from updp.blocks.discover import find_blocks
 from updp.blocks.plan import PrunePlan
 from updp.core.errors import InputError
 from updp.core.io import check_outputs
+from updp.data import refuse_outputs_in_data
 from updp.exporter.selection import select_blocks
 from updp.training.progressive import ProgressiveConfig, PruneResult, train_progressive
 from updp.training.trainer import TrainerConfig
@@ -68,6 +69,7 @@ def prune(cfg: PruneConfig, *, echo: Callable[[str], None] | None = None) -> Pru
         UnsupportedError: a block that cannot be pruned (or, with drop, dropped).
     """
     check_outputs([cfg.out], [cfg.checkpoint, cfg.plan if isinstance(cfg.plan, str) else None])
+    refuse_outputs_in_data([cfg.out], cfg.data)
     loaded = load_baseline(cfg.checkpoint, model=cfg.model, what="pruning")
     data = data_for(loaded.spec, cfg.data, split_seed=cfg.split_seed)
     blocks, rule, family_options = choose_blocks(loaded.module, loaded.spec, cfg)

@@ -31,6 +31,7 @@ from updp.blocks.plan import PrunePlan
 from updp.core.distributed import barrier, broadcast_from_main, group_info, init_process_group
 from updp.core.errors import InputError
 from updp.core.io import check_outputs, write_text_atomic
+from updp.data import refuse_outputs_in_data
 from updp.latency.lut import LatencyLUT, build_lut
 from updp.latency.runner import LatencySetup
 from updp.models.checkpoint import load_state, read_checkpoint
@@ -276,6 +277,7 @@ def run_search(cfg: SearchConfig, *, echo: Callable[[str], None] | None = None) 
     written = [out_path, out_path.with_suffix(".search.json"), None if cfg.lut else out_path.with_suffix(".lut.json"),
                None if cfg.reuse_supernet or cfg.epochs == 0 else supernet_path]
     check_outputs(written, [cfg.checkpoint, cfg.lut])
+    refuse_outputs_in_data(written, cfg.data)
     distributed = init_process_group(resolve_device(cfg.device))
     is_main = group_info()[0] == 0
     baseline = load_baseline(cfg.checkpoint, what="the search", name_hint=IMPORT_HINT)

@@ -15,7 +15,7 @@ from torch import nn
 from updp.accuracy import module_accuracy
 from updp.core.errors import InputError
 from updp.core.io import check_outputs
-from updp.data import DataBundle, get_datasets
+from updp.data import DataBundle, get_datasets, refuse_outputs_in_data
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
 from updp.models.zoo import create_for_data, normalize_record, same_model
 from updp.training.device import fast_cpu_math
@@ -93,6 +93,7 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = None) -> Bas
             that cannot be written (checked before any training).
     """
     check_outputs([cfg.out], [cfg.checkpoint])
+    refuse_outputs_in_data([cfg.out], cfg.data)
     data = get_datasets(cfg.data, cfg.input_size, split_seed=cfg.split_seed)
     chw = (data.in_chans, *cfg.input_size)
     module, spec = create_for_data(cfg.model, num_classes=data.num_classes, input_chw=chw,
