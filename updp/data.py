@@ -55,6 +55,7 @@ HOLDOUT_FRACTION = 0.1   # carved from the training split for the subnet search
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_SPECS = "mnist5k, digits, imagefolder:PATH, cifar10:PATH"
+CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
 @dataclass
@@ -262,7 +263,7 @@ def _cifar10(path: str, size, split_seed, spec) -> DataBundle:
         raise InputError(f"--data cifar10: path not found: {path}")
     if (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    names = list(CIFAR_BATCHES)
     missing = [n for n in names if not (root / n).is_file()]
     if missing:
         raise InputError(f"--data cifar10: {root} lacks {', '.join(missing)} (expected the CIFAR-10 python "
@@ -423,32 +424,39 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
 
 # ------------------------------------------------------------------ entry point
 
-def data_folder(spec: str) -> Path | None:
-    """The folder a `--data` spec reads (imagefolder:PATH, cifar10:PATH); None for the bundled sets."""
+def _data_parts(spec: str) -> tuple[list[Path], list[Path]]:
+    """(folders, files) that a `--data` spec reads: an image folder's train/ and val/, the CIFAR-10
+    batch files; nothing for the bundled sets."""
     kind, _, path = spec.partition(":")
-    if kind.strip().lower() in ("imagefolder", "cifar10") and path:
-        return Path(os.path.expanduser(path))
-    return None
+    kind = kind.strip().lower()
+    if not path or kind not in ("imagefolder", "cifar10"):
+        return [], []
+    root = Path(os.path.expanduser(path))
+    if kind == "imagefolder":
+        return [root / "train", root / "val"], []
+    return [], [folder / name for folder in (root, root / "cifar-10-batches-py") for name in CIFAR_BATCHES]
 
 
 def refuse_outputs_in_data(outputs: list[str | os.PathLike | None], spec: str | None) -> None:
-    """An output inside the dataset's folder would replace one of its files (a CIFAR-10 batch) or
-    join it (a checkpoint among the images); refused before any work.
+    """An output that is one of the dataset's files (a CIFAR-10 batch) would replace it, and one in
+    an image folder's train/ or val/ would join the data; both are refused before any work.
 
     Raises:
-        InputError: naming the output and the folder.
+        InputError: naming the output and the data it would change.
     """
-    folder = data_folder(spec) if spec else None
-    if folder is None or not folder.exists():
-        return
-    root = os.path.realpath(folder)
+    folders, files = _data_parts(spec) if spec else ([], [])
+    roots = [os.path.realpath(f) for f in folders if f.is_dir()]
+    taken = {os.path.realpath(f) for f in files if f.exists()}
     for out in outputs:
         if out is None:
             continue
         real = os.path.realpath(out)
-        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-            raise InputError(f"the output {out} is inside the dataset folder {folder} (--data {spec}): write it "
-                             "elsewhere")
+        inside = next((r for r in roots if real == r or real.startswith(r.rstrip(os.sep) + os.sep)), None)
+        if inside is not None:
+            raise InputError(f"the output {out} is inside {inside}, which holds the dataset's images (--data "
+                             f"{spec}): write it elsewhere")
+        if real in taken:
+            raise InputError(f"the output {out} is a file of the dataset (--data {spec}): write it elsewhere")
 
 
 def get_datasets(spec: str, input_size: int | tuple[int, int] = 32, *, split_seed: int = 0) -> DataBundle:

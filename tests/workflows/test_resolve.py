@@ -28,9 +28,11 @@ def test_load_baseline_rebuilds_the_model_and_refuses_a_pruned_one(tmp_path):
     assert loaded.spec["input_size"] == [3, SIZE, SIZE] and loaded.spec["model"] == "timm:convnext_atto"
     x = torch.randn(1, 3, SIZE, SIZE)
     assert torch.equal(loaded.module(x), model(x))
+    # a plain state dict records no training size or class count, even with the model's name
     torch.save({"model": model.state_dict()}, tmp_path / "nospec.pt")
-    with pytest.raises(InputError, match="no model_spec.*give the model name"):
-        load_baseline(str(tmp_path / "nospec.pt"))
+    for name in (None, "convnext_atto"):
+        with pytest.raises(InputError, match="is a plain state dict .*import it first: `updp train MODEL"):
+            load_baseline(str(tmp_path / "nospec.pt"), model=name)
     torch.save({"model": model.state_dict(), "model_spec": spec, "plan": {"blocks": [1]}}, tmp_path / "p.pt")
     with pytest.raises(InputError, match="pruned checkpoint"):
         load_baseline(str(tmp_path / "p.pt"))

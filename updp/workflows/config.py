@@ -281,7 +281,7 @@ class PruneConfig(TrainingRunOptions):
     checkpoint: str = option(help="baseline checkpoint from `updp train`")
     data: str = option(help=DATA_HELP, metavar="SPEC")
     out: str = option(help="the pruned checkpoint (it carries its plan), written after every epoch")
-    model: str | None = option(None, help="model name (only for a plain state dict; checked otherwise)")
+    model: str | None = option(None, help="model name, checked against the one the checkpoint records")
     plan: Any = option(None, help="a saved PrunePlan (e.g. from the search); the Python API also takes the plan",
                        metavar="PLAN.json")
     blocks: list[int] | None = option(None, help="prune exactly these block indices", parse="blocks",

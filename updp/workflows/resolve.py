@@ -46,7 +46,8 @@ class LoadedModel:
 
 def load_model(path: str, *, model: str | None = None, input_size: tuple[int, int] | None = None,
                model_kwargs: dict[str, Any] | None = None, num_classes: int | None = None,
-               name_hint: str = "give the model name (--model)", baseline_for: str | None = None) -> LoadedModel:
+               name_hint: str = "give the model name (--model)", baseline_for: str | None = None,
+               checkpoint: Checkpoint | None = None) -> LoadedModel:
     """Rebuild the model of a checkpoint (see the module docstring).
 
     Args:
@@ -57,12 +58,13 @@ def load_model(path: str, *, model: str | None = None, input_size: tuple[int, in
         name_hint: what the error says to do when a plain state dict comes without a model name.
         baseline_for: the step that needs the unpruned baseline (e.g. "pruning"): a pruned
             checkpoint is then refused, before anything is built.
+        checkpoint: `path` already read (`read_checkpoint`), so that it is not read twice.
 
     Raises:
         InputError: unreadable file, another architecture, a missing model name, a plan that does
             not fit, weights that do not fit.
     """
-    ck = read_checkpoint(path)
+    ck = checkpoint if checkpoint is not None else read_checkpoint(path)
     if baseline_for is not None and ck.plan is not None:
         blocks = ck.plan.get("blocks")
         raise InputError(f"{path} is a pruned checkpoint (it carries a prune plan for blocks {blocks}); "
@@ -99,10 +101,21 @@ def recorded_model(path: str) -> dict[str, Any] | None:
     return normalize_record(ck.model_spec, path) if ck.model_spec is not None else None
 
 
-def load_baseline(path: str, *, model: str | None = None, what: str = "pruning",
-                  name_hint: str = "give the model name (--model)") -> LoadedModel:
-    """`load_model` for a step that starts from the unpruned baseline: a pruned checkpoint is refused."""
-    return load_model(path, model=model, name_hint=name_hint, baseline_for=what)
+IMPORT_HINT = ("import it first: `updp train MODEL --checkpoint F --epochs 0 --data D --out base.pt` "
+               "writes it with its model_spec")
+
+
+def load_baseline(path: str, *, model: str | None = None, what: str = "pruning") -> LoadedModel:
+    """`load_model` for a step that starts from the unpruned baseline (search, prune): a pruned
+    checkpoint is refused, and so is a plain state dict. Those steps train and score at the size
+    and class count the baseline was trained for, which only a checkpoint of updp records; a
+    guess (the model's defaults: 1000 classes, 224 px) would fail later or train at the wrong size.
+    """
+    ck = read_checkpoint(path)
+    if ck.model_spec is None:
+        raise InputError(f"{path} is a plain state dict (it records no model, input size or class count): "
+                         f"{IMPORT_HINT}")
+    return load_model(path, model=model, baseline_for=what, checkpoint=ck)
 
 
 def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:
@@ -119,4 +132,4 @@ def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:
     return bundle
 
 
-__all__ = ["LoadedModel", "data_for", "load_baseline", "load_model"]
+__all__ = ["IMPORT_HINT", "LoadedModel", "data_for", "load_baseline", "load_model"]

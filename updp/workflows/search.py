@@ -54,8 +54,6 @@ from updp.workflows.resolve import LoadedModel, data_for, load_baseline
 
 logger = logging.getLogger(__name__)
 
-IMPORT_HINT = ("import it first: `updp train MODEL --checkpoint F --epochs 0 --data D --out base.pt` "
-               "writes it with its model_spec")
 
 
 @dataclass
@@ -280,7 +278,7 @@ def run_search(cfg: SearchConfig, *, echo: Callable[[str], None] | None = None) 
     refuse_outputs_in_data(written, cfg.data)
     distributed = init_process_group(resolve_device(cfg.device))
     is_main = group_info()[0] == 0
-    baseline = load_baseline(cfg.checkpoint, what="the search", name_hint=IMPORT_HINT)
+    baseline = load_baseline(cfg.checkpoint, what="the search")
     spec = baseline.spec
     data = data_for(spec, cfg.data, split_seed=cfg.split_seed)
     blocks = find_blocks(baseline.module)
@@ -348,7 +346,7 @@ def _result(cfg: SearchConfig, plan: PrunePlan, s: _Scored, measured: dict | Non
 def manual_plan(checkpoint: str, blocks: list[int], out: str) -> PrunePlan:
     """A plan of exactly these blocks of a baseline checkpoint, checked, written to `out`: no search
     (`updp run` with `search.blocks`)."""
-    baseline = load_baseline(checkpoint, what="a plan", name_hint=IMPORT_HINT)
+    baseline = load_baseline(checkpoint, what="a plan")
     spec = baseline.spec
     found = find_blocks(baseline.module)
     prunable_candidates(found, blocks, what="search.blocks", model=spec["model"])
