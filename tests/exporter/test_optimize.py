@@ -354,3 +354,21 @@ def test_a_wrong_rewrite_without_the_optimizer_is_still_refused(tmp_path, monkey
     with pytest.raises(VerificationError, match="differs from the reference"):
         optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=True, polish=True, fold_layernorm_affine=False)
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_initializers_that_are_also_inputs_become_constants_and_the_summary_says_so(tmp_path):
+    """An initializer listed as a graph input may be fed instead of its stored value; merging folds
+    it, so the output no longer takes it, and the summary names it rather than changing the
+    interface silently."""
+    model = _conv_bn_relu_conv(TensorProto.FLOAT)
+    for name in ("w1", "b1"):
+        t = next(t for t in model.graph.initializer if t.name == name)
+        model.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(t.dims)))
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    res = optimize_file(tmp_path / "m.onnx", tmp_path / "o.onnx", verify=True, polish=True,
+                        fold_layernorm_affine=False)
+    assert [i.name for i in onnx.load(str(tmp_path / "o.onnx")).graph.input] == ["x"]
+    assert any(n.startswith("2 initializer(s) were also graph inputs (overridable: w1, b1)") for n in res.notes)
+    untouched = optimize_file(tmp_path / "o.onnx", tmp_path / "o2.onnx", verify=True, polish=True,
+                              fold_layernorm_affine=False)
+    assert not any("overridable" in n for n in untouched.notes)  # a file without such inputs: no note

@@ -301,6 +301,11 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
     summary = OptimizedFile(input=str(src), out=str(out), nodes_before=len(original.graph.node), nodes_after=0,
                             ops_before=op_counts(original), ops_after={}, max_abs_diff=None, rel_diff=None, applied={},
                             decisions=[], refusals=[], seconds=0.0, conversion=conversion, inputs=source)
+    overridable = _overridable_initializers(original)
+    if overridable:
+        listed = ", ".join(overridable[:5]) + (f" and {len(overridable) - 5} more" if len(overridable) > 5 else "")
+        summary.notes.append(f"{len(overridable)} initializer(s) were also graph inputs (overridable: {listed}); "
+                             "they are constants of the output, no longer inputs, so that they can be folded")
     reference = work if conversion else src
     del original
     notes = list(summary.notes)
@@ -325,6 +330,13 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
         summary.derived.append(item)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _overridable_initializers(model: onnx.ModelProto) -> list[str]:
+    """Initializers that are also graph inputs: a caller may feed them instead of the stored value
+    (every initializer of an IR < 4 file is one). The output takes them as the constants they hold."""
+    stored = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name in stored]
 
 
 def _write_checked(work: onnx.ModelProto, reference: onnx.ModelProto | str | Path, out: str | Path,
