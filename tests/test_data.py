@@ -180,6 +180,26 @@ def test_a_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped(tmp_path):
     assert rgb[0, 0, 0] == 0 and rgb[0, -1, 0] == 255 and len(np.unique(rgb)) > 50
 
 
+def test_the_fingerprint_of_a_data_folder_follows_its_files(tmp_path):
+    from PIL import Image
+
+    from updp.data import data_fingerprint
+
+    _write_folder(tmp_path)
+    spec = f"imagefolder:{tmp_path}"
+    first = data_fingerprint(spec)
+    assert first == data_fingerprint(spec) and data_fingerprint("digits") is None
+    (tmp_path / "notes.txt").write_text("beside the data: not read")
+    (tmp_path / "train" / ".cache").mkdir()
+    (tmp_path / "train" / "a" / "loop").symlink_to("..")  # followed once, not forever
+    assert data_fingerprint(spec) == first
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "b" / "new.png")
+    second = data_fingerprint(spec)
+    assert second != first
+    (tmp_path / "val" / "b" / "new.png").write_bytes(b"x" * 10)  # same name, other content
+    assert data_fingerprint(spec) != second
+
+
 def test_imagefolder_without_val(tmp_path):
     (tmp_path / "train" / "a").mkdir(parents=True)
     with pytest.raises(InputError, match="no val/"):

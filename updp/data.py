@@ -29,8 +29,11 @@ The trainer calls `set_epoch(e)` on the training dataset.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import importlib
+import json
 import logging
 import os
 import pickle
@@ -435,6 +438,35 @@ def _data_parts(spec: str) -> tuple[list[Path], list[Path]]:
     if kind == "imagefolder":
         return [root / "train", root / "val"], []
     return [], [folder / name for folder in (root, root / "cifar-10-batches-py") for name in CIFAR_BATCHES]
+
+
+def data_fingerprint(spec: str) -> str | None:
+    """sha256 over the name, size and modification time of every file a `--data` folder spec
+    reads (hidden ones skipped, as the loaders skip them); None for the bundled sets, whose content
+    comes with their package. Why: a run's stages must see that the data changed under the same spec."""
+    folders, files = _data_parts(spec)
+    if not folders and not files:
+        return None
+    entries = []
+    for path in files:
+        if path.is_file():
+            st = path.stat()
+            entries.append((str(path), st.st_size, st.st_mtime_ns))
+    seen: set[str] = set()
+    for folder in folders:
+        for root, dirs, names in os.walk(folder, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:  # a link loop, or a folder linked twice
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            for name in sorted(n for n in names if not _hidden(n)):
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):  # a dangling link: the loader reports what it cannot read
+                    st = os.stat(path)
+                    entries.append((os.path.relpath(path, folder.parent), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
 def refuse_outputs_in_data(outputs: list[str | os.PathLike | None], spec: str | None) -> None:

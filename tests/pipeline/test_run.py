@@ -340,3 +340,21 @@ def test_cli_print_config_and_overrides(capsys):
     assert main(["run", "--print-config", "--quantize", "int8", "--fp16", "--batch", "1", "8"]) == 0
     cfg = RunConfig.from_toml(capsys.readouterr().out)
     assert cfg.precision.quantize == "int8" and cfg.precision.fp16 is True and cfg.bench.batch == [1, 8]
+
+
+def test_a_stage_reruns_when_the_data_folder_changes_under_the_same_spec(tmp_path):
+    """The spec `imagefolder:PATH` is the same string after an image is added; the stage sees the
+    folder's files through their fingerprint, and trains again."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "imgs" / split / cls).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "imgs" / split / cls / f"{i}.png")
+    cfg = tiny_config(data={"spec": f"imagefolder:{tmp_path / 'imgs'}"})
+    run_dir = tmp_path / "r"
+    assert _actions(_run(cfg, run_dir, until="baseline"))["baseline"] == "ran"
+    assert _actions(_run(cfg, run_dir, until="baseline"))["baseline"] == "skipped"
+    Image.new("RGB", (8, 8), (0, 90, 0)).save(tmp_path / "imgs" / "train" / "b" / "new.png")
+    assert _actions(_run(cfg, run_dir, until="baseline"))["baseline"] == "ran"

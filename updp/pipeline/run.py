@@ -40,7 +40,7 @@ from torch.jit import TracerWarning
 from updp.core.errors import InputError
 from updp.core.io import check_writable_dir, write_text_atomic
 from updp.core.version import __version__
-from updp.data import refuse_outputs_in_data
+from updp.data import data_fingerprint, refuse_outputs_in_data
 from updp.pipeline.config import STAGE_NAMES, RunConfig
 from updp.pipeline.report import headline
 from updp.pipeline.stages import STAGES, StageContext
@@ -242,6 +242,10 @@ def _run_stage(ctx: StageContext, stage, k: int, n: int, force: bool) -> StageSt
     sdir = run_dir / stage.name
     rec_path, res_path = sdir / "stage.json", sdir / "result.json"
     subset, files = stage.inputs(ctx)
+    if "data" in subset:  # the spec names a folder; what is in it is an input too
+        fingerprint = data_fingerprint(subset["data"]["spec"])
+        if fingerprint is not None:
+            subset = {**subset, "data_files": fingerprint}
     file_hashes = {}
     for label, p in files.items():
         if not Path(p).is_file():
