@@ -434,7 +434,8 @@ COMMANDS: dict[str, tuple[str, str, Any]] = {
 JSON_COMMANDS = ("blocks", "export", "optimize", "bench", "train", "prune", "eval", "search")
 RUN_EPILOG = (
     "Stages write into the run directory and record a hash of their inputs (config subset + input\n"
-    "files); rerunning skips finished stages whose inputs are unchanged and reruns the rest.\n"
+    "files + the files of a data folder); rerunning skips finished stages whose inputs are unchanged\n"
+    "and reruns the rest.\n"
     "Flags override the config file. The report: DIR/report.html, report.md, results.json.\n\n"
     "examples:\n  updp run --out runs/atto                       # defaults: convnext_atto, mnist5k\n"
     "  updp run --config run.toml --out runs/r1\n"
