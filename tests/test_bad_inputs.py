@@ -354,6 +354,12 @@ CASES = [
     Case("prune-plain-state-dict", lambda d: ["prune", "--checkpoint", str(_ck_wrong_model(d)), "--model", "resnet18",
                                               "--data", "digits", "--prune", "1", "--out", str(d / "p.pt")], 2,
          "is a plain state dict (it records no model, input size or class count): import it first"),
+    Case("run-model-without-prunable-blocks", lambda d: ["run", "--model", "efficientnet_b0", "--data", "digits",
+                                                         "--out", str(d / "r")], 2,
+         "efficientnet_b0 has no block updp can prune"),
+    Case("run-blocks-not-prunable", lambda d: ["run", "--model", "convnext_atto", "--blocks", "0,99", "--data",
+                                               "digits", "--out", str(d / "r")], 2,
+         "search.blocks [99]: not prunable blocks of convnext_atto"),
     Case("run-dir-is-a-file", lambda d: ["run", "--out", (d / "f.txt").write_text("x") and str(d / "f.txt")], 2,
          "not a folder"),
     # checkpoints

@@ -37,10 +37,12 @@ from typing import Any
 
 from torch.jit import TracerWarning
 
+from updp.blocks.discover import find_blocks, prunable_candidates
 from updp.core.errors import InputError
 from updp.core.io import check_writable_dir, write_text_atomic
 from updp.core.version import __version__
 from updp.data import data_fingerprint, refuse_outputs_in_data
+from updp.models.zoo import create_model
 from updp.pipeline.config import STAGE_NAMES, RunConfig
 from updp.pipeline.report import headline
 from updp.pipeline.stages import STAGES, StageContext
@@ -188,6 +190,23 @@ def resolve_config(cfg: RunConfig | None, run_dir: Path, resume: bool) -> RunCon
     return cfg
 
 
+def _check_prunable(cfg: RunConfig) -> None:
+    """Before the baseline trains (minutes): the model has blocks to prune, and the blocks the
+    config names are among them. The blocks do not depend on the weights or the class count.
+
+    Raises:
+        InputError: no prunable block (a family updp does not linearize), or `search.blocks` that
+            are not prunable blocks.
+    """
+    module, _ = create_model(cfg.model.name, num_classes=2, **dict(cfg.model.kwargs))
+    blocks = find_blocks(module)
+    if not any(b.prunable for b in blocks):
+        raise InputError(f"{cfg.model.name} has no block updp can prune (`updp blocks {cfg.model.name}` lists its "
+                         "blocks and why): the run would train its baseline for nothing")
+    if cfg.search.blocks is not None:
+        prunable_candidates(blocks, cfg.search.blocks, what="search.blocks", model=cfg.model.name)
+
+
 def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = False, force: bool = False,
                  redo: list[str] | None = None, until: str | None = None, progress: bool = True, verbose: bool = False,
                  echo: Callable[[str], None] | None = None) -> RunOutcome:
@@ -209,8 +228,10 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
         InputError: bad config, unknown stage, a stage's bad input.
     """
     t_all = time.perf_counter()
+    given = cfg
     if isinstance(cfg, RunConfig):  # before the folder is made
         refuse_outputs_in_data([run_dir], cfg.data.spec)
+        _check_prunable(cfg)
     run_dir = check_writable_dir(run_dir)
     echo = echo or logger.info
     cfg = resolve_config(cfg, run_dir, resume)
@@ -220,6 +241,8 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
     if bad:
         raise InputError(f"--redo {bad}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
     refuse_outputs_in_data([run_dir], cfg.data.spec)
+    if not isinstance(given, RunConfig):  # a resumed run's config, read from its folder
+        _check_prunable(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json())
     ctx = StageContext(cfg=cfg, run_dir=run_dir, progress=progress, echo=echo)
