@@ -198,7 +198,8 @@ def _check_prunable(cfg: RunConfig) -> None:
         InputError: no prunable block (a family updp does not linearize), or `search.blocks` that
             are not prunable blocks.
     """
-    module, _ = create_model(cfg.model.name, num_classes=2, **dict(cfg.model.kwargs))
+    module, _ = create_model(cfg.model.name, num_classes=2, input_size=(3, *cfg.model.input_size),
+                             **dict(cfg.model.kwargs))
     blocks = find_blocks(module)
     if not any(b.prunable for b in blocks):
         raise InputError(f"{cfg.model.name} has no block updp can prune (`updp blocks {cfg.model.name}` lists its "
