@@ -173,6 +173,17 @@ def tiny_folder(d: Path, per_class: int = 3) -> Path:
     return d / "tiny"
 
 
+def folder_of_classes(d: Path, train: list[str], val: list[str]) -> Path:
+    """An image folder with one PNG per class, the given class folders in train/ and val/."""
+    from PIL import Image
+
+    for split, classes in (("train", train), ("val", val)):
+        for cls in classes:
+            (d / "cls" / split / cls).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(d / "cls" / split / cls / "0.png")
+    return d / "cls"
+
+
 def mount_tmpfs(where: Path, options: str) -> bool:
     """A small tmpfs (root on Linux only): the real read-only and full-disk errors, not mocks."""
     where.mkdir()
@@ -265,6 +276,11 @@ def _ck_spec(**broken):
         torch.save({"format": 1, "model": small_state_dict(), "model_spec": spec}, d / "c.pt")
         return d / "c.pt"
     return make
+
+
+def _ck_format_99(d: Path) -> Path:
+    torch.save({"format": 99, "model": small_state_dict()}, d / "c.pt")
+    return d / "c.pt"
 
 
 def _ck_truncated(d: Path) -> Path:
@@ -367,6 +383,7 @@ CASES = [
     Case("checkpoint-hostile", _export_ck(_ck_hostile), 2, "refused: it holds Python objects"),
     Case("checkpoint-nan", _export_ck(_ck_nan), 2, "'classifier.weight' holds 1 NaN"),
     Case("checkpoint-truncated", _export_ck(_ck_truncated), 2, "truncated or corrupt"),
+    Case("checkpoint-newer-format", _export_ck(_ck_format_99), 2, "checkpoint format 99, written by a newer updp"),
     Case("checkpoint-lists-not-tensors", _export_ck(_ck_lists), 2, "holds a list, not a tensor"),
     Case("checkpoint-spec-size", lambda d: ["export", "--checkpoint", str(_ck_spec(input_size=["a", "b", "c"])(d)),
                                             "--out", str(d / "o.onnx")], 2, "is not three positive integers"),
@@ -388,6 +405,10 @@ CASES = [
     Case("run-dir-inside-the-image-folder", lambda d: ["run", "--data", f"imagefolder:{tiny_folder(d)}", "--out",
                                                        str(d / "tiny" / "train" / "run")], 2,
          "train, which holds the dataset's images"),
+    Case("data-classes-differ-after-the-fifth", _train(lambda d: "imagefolder:" + str(folder_of_classes(
+        d, list("abcdefg"), [*"abcdef", "h"]))), 2, "only in train/: ['g'], only in val/: ['h']"),
+    Case("data-one-class", _train(lambda d: "imagefolder:" + str(folder_of_classes(d, ["a"], ["a"]))), 2,
+         "has one class (a): a classifier needs at least two"),
     Case("data-decompression-bomb", _train(lambda d: f"imagefolder:{bomb_folder(d)}"), 2,
          "huge.png: Image size (400000000 pixels) exceeds limit"),
     Case("data-cifar-hostile", _train(lambda d: f"cifar10:{cifar_folder(d, hostile=True)}"), 2,

@@ -406,8 +406,13 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
     except (FileNotFoundError, RuntimeError) as e:
         raise InputError(f"--data imagefolder: {str(e).splitlines()[0]}") from None
     if train_f.classes != val_f.classes:
-        raise InputError(f"--data imagefolder: train/ has classes {train_f.classes[:5]}... but val/ has "
-                         f"{val_f.classes[:5]}... (they must be the same folders)")
+        only_train = sorted(set(train_f.classes) - set(val_f.classes))
+        only_val = sorted(set(val_f.classes) - set(train_f.classes))
+        raise InputError(f"--data imagefolder: train/ and val/ must hold the same class folders; only in train/: "
+                         f"{only_train[:5] or 'none'}, only in val/: {only_val[:5] or 'none'}")
+    if len(train_f.classes) < 2:
+        raise InputError(f"--data imagefolder: {root} has one class ({train_f.classes[0]}): a classifier needs at "
+                         "least two, and its accuracy would be 100 % whatever it learns")
     pad = max(1, size[0] // 8)
     norm = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     t_train = transforms.Compose([transforms.Resize(size), transforms.RandomCrop(size, padding=pad),

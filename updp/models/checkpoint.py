@@ -149,6 +149,10 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     state = _state_dict_of(obj, path)
     _check_finite(state, path)
     payload = obj if isinstance(obj, dict) and state is not obj else {}
+    fmt = payload.get("format")
+    if isinstance(fmt, int) and not isinstance(fmt, bool) and fmt > CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: checkpoint format {fmt}, written by a newer updp (this one reads format "
+                         f"{CHECKPOINT_FORMAT}): upgrade updp")
     spec = payload.get("model_spec") if isinstance(payload.get("model_spec"), dict) else None
     if spec is not None:  # checked once here, for every command that rebuilds the model from it
         spec = normalize_record(spec, path)
