@@ -283,6 +283,16 @@ def _ck_format_99(d: Path) -> Path:
     return d / "c.pt"
 
 
+def _ck_two_classes(d: Path) -> Path:
+    """A checkpoint of updp of a 2-class mobilenetv2_035 at 32 px (random weights)."""
+    from updp.models import create_model
+
+    module, _ = create_model("mobilenetv2_035", num_classes=2)
+    spec = {"model": "timm:mobilenetv2_035", "kwargs": {}, "num_classes": 2, "input_size": [3, 32, 32]}
+    torch.save({"format": 1, "model": module.state_dict(), "model_spec": spec}, d / "two.pt")
+    return d / "two.pt"
+
+
 def _ck_truncated(d: Path) -> Path:
     torch.save(small_state_dict(), d / "full.pt")
     (d / "c.pt").write_bytes((d / "full.pt").read_bytes()[:5000])
@@ -376,6 +386,9 @@ CASES = [
     Case("run-blocks-not-prunable", lambda d: ["run", "--model", "convnext_atto", "--blocks", "0,99", "--data",
                                                "digits", "--out", str(d / "r")], 2,
          "search.blocks [99]: not prunable blocks of convnext_atto"),
+    Case("search-empty-holdout", lambda d: ["search", str(_ck_two_classes(d)), "--data",
+                                            f"imagefolder:{tiny_folder(d, 1)}", "--out", str(d / "plan.json")], 2,
+         "the holdout split of imagefolder:"),
     Case("run-dir-is-a-file", lambda d: ["run", "--out", (d / "f.txt").write_text("x") and str(d / "f.txt")], 2,
          "not a folder"),
     # checkpoints

@@ -281,6 +281,9 @@ def run_search(cfg: SearchConfig, *, echo: Callable[[str], None] | None = None) 
     baseline = load_baseline(cfg.checkpoint, what="the search")
     spec = baseline.spec
     data = data_for(spec, cfg.data, split_seed=cfg.split_seed)
+    if len(data.holdout) == 0:  # before the latency table and the supernet are built and written
+        raise InputError(f"the holdout split of {cfg.data} is empty: the search scores subnets on it (give the "
+                         "dataset more training images: the holdout is 10 % of them per class)")
     blocks = find_blocks(baseline.module)
     cand = prunable_candidates(blocks, cfg.candidates, what="--candidates", model=spec["model"])
     target = {"target_blocks": cfg.target_blocks, "target_speedup": cfg.target_speedup}
