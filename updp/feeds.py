@@ -240,7 +240,8 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict]:
         InputError: a missing file, a malformed one, or inputs that do not name the model's.
     """
     p = Path(path)
-    names = {s.name for s in graph_inputs(model)}
+    slots = graph_inputs(model)
+    names = {s.name for s in slots}
     if p.is_dir():
         sets = sorted(Path(d) for d in glob.glob(str(p / "test_data_set_*"))) or [p]
         feeds = [_pb_feeds(d, model) for d in sets]
@@ -255,8 +256,8 @@ def load_feeds(path: str | os.PathLike, model: onnx.ModelProto) -> list[dict]:
     for f in feeds:
         if set(f) != names:
             raise InputError(f"inputs {p} name {sorted(f)}, the model takes {sorted(names)}")
-        _refuse_misfits(f, graph_inputs(model), p)
-        _refuse_empty(f, graph_inputs(model), p)
+        _refuse_misfits(f, slots, p)
+        _refuse_empty(f, slots, p)
     return feeds
 
 

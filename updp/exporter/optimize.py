@@ -52,8 +52,9 @@ def op_counts(model: onnx.ModelProto) -> dict[str, int]:
     return dict(sorted(Counter(n.op_type for n in model.graph.node).items()))
 
 
-def default_opset(model: onnx.ModelProto) -> int | None:
-    """The model's default-domain ("" or "ai.onnx") opset, None when it imports none."""
+def default_opset(model: onnx.ModelProto | onnx.FunctionProto) -> int | None:
+    """The default-domain ("" or "ai.onnx") opset a model (or a model-local function) imports, None
+    when it imports none."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
 
 
@@ -68,16 +69,14 @@ def upgrade_opset(model: onnx.ModelProto, target: int = MIN_OPSET) -> tuple[onnx
         return model, None
     try:
         converted = version_converter.convert_version(model, target)
-        # The converter drops the model's local functions: they go back, lifted to the new opset
-        # (the conversion check runs the result).
-        if model.functions and not converted.functions:
-            converted.functions.extend(_lifted_function(f, target) for f in model.functions)
-    except UnsupportedError:
-        raise
     except Exception as exc:  # the converter raises RuntimeError/ValidationError/ConvertError variants
         first = first_line(exc)
         raise UnsupportedError(f"default-domain opset {version} is older than the passes read ({target}), and "
                                f"onnx's version converter cannot convert this model: {first}") from None
+    # The converter drops the model's local functions: they go back, lifted to the new opset (the
+    # conversion check runs the result).
+    if model.functions and not converted.functions:
+        converted.functions.extend(_lifted_function(f, target) for f in model.functions)
     # The IR version the new default-domain opset needs (the converter leaves the other domains,
     # whose versions onnx may not know, as they were).
     needed = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", target)])
@@ -100,7 +99,7 @@ def _lifted_function(function: onnx.FunctionProto, target: int) -> onnx.Function
     Raises:
         UnsupportedError: the converter cannot convert the body (its reason, one line).
     """
-    version = next((o.version for o in function.opset_import if o.domain in ("", "ai.onnx")), None)
+    version = default_opset(function)
     if version is None or version >= target:
         return function
     body = onnx.helper.make_graph(list(function.node), function.name,

@@ -26,7 +26,7 @@ from updp.exporter.export import ExportResult, export_module
 from updp.exporter.selection import select_blocks
 from updp.exporter.torch_export import save_model
 from updp.models.checkpoint import read_checkpoint
-from updp.models.zoo import check_input_size, create_model, normalize_record, same_model
+from updp.models.zoo import check_input_size, create_model, same_model
 from updp.workflows.config import ExportConfig
 from updp.workflows.precision import derive_files, derived_paths, write_derived
 from updp.workflows.resolve import load_model
@@ -42,7 +42,7 @@ def with_checkpoint_spec(cfg: ExportConfig) -> ExportConfig:
         if cfg.model is None:
             raise InputError(f"{cfg.checkpoint} carries no model_spec: give MODEL")
         return cfg
-    spec = normalize_record(ck.model_spec, cfg.checkpoint)
+    spec = ck.model_spec  # checked and canonical (read_checkpoint)
     if cfg.model is not None and not same_model(cfg.model, spec["model"]):
         raise InputError(f"checkpoint {cfg.checkpoint} holds a {spec['model']}, not {cfg.model}")
     n = spec.get("num_classes")

@@ -23,7 +23,7 @@ from updp.blocks.plan import PrunePlan
 from updp.core.errors import InputError
 from updp.data import DataBundle, get_datasets
 from updp.models.checkpoint import Checkpoint, load_state, read_checkpoint
-from updp.models.zoo import create_from_record, create_model, normalize_input_size, normalize_record, same_model
+from updp.models.zoo import create_from_record, create_model, normalize_input_size, same_model
 from updp.models.zoo import spec_record as make_spec_record
 
 
@@ -70,7 +70,7 @@ def load_model(path: str, *, model: str | None = None, input_size: tuple[int, in
         raise InputError(f"{path} is a pruned checkpoint (it carries a prune plan for blocks {blocks}); "
                          f"{baseline_for} starts from the unpruned baseline")
     if ck.model_spec is not None:
-        spec = normalize_record(ck.model_spec, path)
+        spec = ck.model_spec  # checked and canonical (read_checkpoint)
         if model is not None and not same_model(model, spec["model"]):
             raise InputError(f"checkpoint {path} holds a {spec['model']}, not {model}")
         if num_classes is not None and spec.get("num_classes") not in (None, num_classes):
@@ -98,7 +98,7 @@ def recorded_model(path: str) -> dict[str, Any] | None:
     updp the model (name, input size, constructor arguments) need not be given again.
     """
     ck = read_checkpoint(path)
-    return normalize_record(ck.model_spec, path) if ck.model_spec is not None else None
+    return ck.model_spec  # checked and canonical (read_checkpoint), or None
 
 
 IMPORT_HINT = ("import it first: `updp train MODEL --checkpoint F --epochs 0 --data D --out base.pt` "

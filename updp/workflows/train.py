@@ -17,7 +17,7 @@ from updp.core.errors import InputError
 from updp.core.io import check_outputs
 from updp.data import DataBundle, get_datasets, refuse_outputs_in_data
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
-from updp.models.zoo import create_for_data, normalize_record, same_model
+from updp.models.zoo import create_for_data, same_model
 from updp.training.device import fast_cpu_math
 from updp.training.trainer import Trainer, TrainerConfig, TrainResult, format_history
 from updp.workflows.config import TrainConfig, pick
@@ -63,7 +63,7 @@ def _load_initial_weights(module: nn.Module, cfg: TrainConfig, spec: dict, chw: 
     if ck.plan is not None:
         raise InputError(f"checkpoint {cfg.checkpoint} is already pruned: give the unpruned baseline")
     if ck.model_spec is not None:
-        theirs = normalize_record(ck.model_spec, cfg.checkpoint)
+        theirs = ck.model_spec  # checked and canonical (read_checkpoint)
         if not same_model(theirs["model"], spec["model"]):
             raise InputError(f"checkpoint {cfg.checkpoint} holds a {theirs['model']}, not {spec['model']}")
         if list(theirs["input_size"]) != list(chw):
