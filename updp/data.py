@@ -346,50 +346,59 @@ def _load_rgb(path: str) -> Image.Image:
         return img.convert("RGB")
 
 
+def _class_folders(directory: str | os.PathLike) -> list[str]:
+    """The class folders of an image folder's split, sorted; hidden ones (`.ipynb_checkpoints`,
+    `.git`) are not classes."""
+    classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
+    if not classes:
+        raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+    return classes
+
+
+def _image_files(directory: str | os.PathLike, class_to_idx: dict[str, int], *,
+                 allow_empty: bool = False) -> list[tuple[str, int]]:
+    """(path, class index) of every image of a split, in a fixed order. Hidden files are no images,
+    and a folder reached twice through symbolic links (a link to a parent makes a loop) is read
+    once, never under another class, so that no image is counted twice or mislabelled."""
+    roots = {name: Path(os.path.realpath(os.path.join(directory, name))) for name in class_to_idx}
+    seen: set[str] = set()
+    samples = []
+    for name in sorted(class_to_idx):
+        others = [r for other, r in roots.items() if other != name]
+        found = 0
+        for folder, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
+            real = os.path.realpath(folder)
+            # another class's folder, or one that holds it (a link to the split folder or above)
+            if real in seen or any(r.is_relative_to(real) for r in others):
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs[:] = sorted(d for d in dirs if not _hidden(d))
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                if not _hidden(file) and datasets.folder.has_file_allowed_extension(path, IMG_EXTENSIONS):
+                    samples.append((path, class_to_idx[name]))
+                    found += 1
+        if not found and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the class {name}. Supported extensions are: "
+                                    f"{', '.join(IMG_EXTENSIONS)}")
+    return samples
+
+
 class _ImageFolder(datasets.ImageFolder):
-    """torchvision's ImageFolder without what a dataset folder collects by accident: hidden folders
-    (`.ipynb_checkpoints`, `.git`) are not classes and hidden files are not images, and a folder
-    reached twice through symbolic links (a link to a parent makes a loop) is read once, so that no
-    image is counted twice or under another class."""
+    """torchvision's ImageFolder, with the classes of `_class_folders` and the images of
+    `_image_files` (what a dataset folder collects by accident left out), read by `_load_rgb`."""
 
     def __init__(self, root: str) -> None:
         super().__init__(root, loader=_load_rgb)
 
     def find_classes(self, directory):
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _hidden(e.name))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        classes = _class_folders(directory)
         return classes, {c: i for i, c in enumerate(classes)}
 
     @staticmethod
     def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
-        roots = {name: os.path.realpath(os.path.join(directory, name)) for name in class_to_idx}
-
-        def other_classes(real: str, name: str) -> bool:
-            """`real` is another class's folder, or holds one (a link to the split folder or above)."""
-            return any(real == r or r.startswith(real.rstrip(os.sep) + os.sep)
-                       for other, r in roots.items() if other != name)
-
-        seen: set[str] = set()
-        samples = []
-        for name in sorted(class_to_idx):
-            found = 0
-            for folder, dirs, files in os.walk(os.path.join(directory, name), followlinks=True):
-                real = os.path.realpath(folder)
-                if real in seen or other_classes(real, name):
-                    dirs[:] = []
-                    continue
-                seen.add(real)
-                dirs[:] = sorted(d for d in dirs if not _hidden(d))
-                for file in sorted(files):
-                    path = os.path.join(folder, file)
-                    if not _hidden(file) and datasets.folder.has_file_allowed_extension(path, IMG_EXTENSIONS):
-                        samples.append((path, class_to_idx[name]))
-                        found += 1
-            if not found and not allow_empty:
-                raise FileNotFoundError(f"Found no valid file for the class {name}. Supported extensions are: "
-                                        f"{', '.join(IMG_EXTENSIONS)}")
-        return samples
+        return _image_files(directory, class_to_idx, allow_empty=allow_empty)
 
 
 def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
@@ -447,8 +456,9 @@ def _data_parts(spec: str) -> tuple[list[Path], list[Path]]:
 
 def data_fingerprint(spec: str) -> str | None:
     """sha256 over the name, size and modification time of every file a `--data` folder spec
-    reads (hidden ones skipped, as the loaders skip them); None for the bundled sets, whose content
-    comes with their package. Why: a run's stages must see that the data changed under the same spec."""
+    reads (the images `_image_files` lists, the CIFAR-10 batches); None for the bundled sets, whose
+    content comes with their package. Why: a run's stages must see that the data changed under the
+    same spec."""
     folders, files = _data_parts(spec)
     if not folders and not files:
         return None
@@ -457,20 +467,16 @@ def data_fingerprint(spec: str) -> str | None:
         if path.is_file():
             st = path.stat()
             entries.append((str(path), st.st_size, st.st_mtime_ns))
-    seen: set[str] = set()
     for folder in folders:
-        for root, dirs, names in os.walk(folder, followlinks=True):
-            real = os.path.realpath(root)
-            if real in seen:  # a link loop, or a folder linked twice
-                dirs[:] = []
-                continue
-            seen.add(real)
-            dirs[:] = sorted(d for d in dirs if not _hidden(d))
-            for name in sorted(n for n in names if not _hidden(n)):
-                path = os.path.join(root, name)
-                with contextlib.suppress(OSError):  # a dangling link: the loader reports what it cannot read
-                    st = os.stat(path)
-                    entries.append((os.path.relpath(path, folder.parent), st.st_size, st.st_mtime_ns))
+        try:
+            classes = _class_folders(folder)
+            images = _image_files(folder, {c: k for k, c in enumerate(classes)}, allow_empty=True)
+        except OSError:  # no such folder, or no class folder: the loader says so when it reads the data
+            continue
+        for path, _ in images:
+            with contextlib.suppress(OSError):  # a dangling link: the loader reports what it cannot read
+                st = os.stat(path)
+                entries.append((os.path.relpath(path, folder.parent), st.st_size, st.st_mtime_ns))
     return hashlib.sha256(json.dumps(sorted(entries)).encode()).hexdigest()
 
 
@@ -482,13 +488,13 @@ def refuse_outputs_in_data(outputs: list[str | os.PathLike | None], spec: str | 
         InputError: naming the output and the data it would change.
     """
     folders, files = _data_parts(spec) if spec else ([], [])
-    roots = [os.path.realpath(f) for f in folders if f.is_dir()]
-    taken = {os.path.realpath(f) for f in files if f.exists()}
+    roots = [Path(os.path.realpath(f)) for f in folders if f.is_dir()]
+    taken = {Path(os.path.realpath(f)) for f in files if f.exists()}
     for out in outputs:
         if out is None:
             continue
-        real = os.path.realpath(out)
-        inside = next((r for r in roots if real == r or real.startswith(r.rstrip(os.sep) + os.sep)), None)
+        real = Path(os.path.realpath(out))
+        inside = next((r for r in roots if real.is_relative_to(r)), None)
         if inside is not None:
             raise InputError(f"the output {out} is inside {inside}, which holds the dataset's images (--data "
                              f"{spec}): write it elsewhere")

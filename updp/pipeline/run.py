@@ -190,6 +190,13 @@ def resolve_config(cfg: RunConfig | None, run_dir: Path, resume: bool) -> RunCon
     return cfg
 
 
+def _check_before_work(cfg: RunConfig, run_dir: str | os.PathLike) -> None:
+    """What refuses a run before anything is written or trained: a run folder inside the data, a
+    model without prunable blocks."""
+    refuse_outputs_in_data([run_dir], cfg.data.spec)
+    _check_prunable(cfg)
+
+
 def _check_prunable(cfg: RunConfig) -> None:
     """Before the baseline trains (minutes): the model has blocks to prune, and the blocks the
     config names are among them. The blocks do not depend on the weights or the class count.
@@ -229,10 +236,9 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
         InputError: bad config, unknown stage, a stage's bad input.
     """
     t_all = time.perf_counter()
-    given = cfg
-    if isinstance(cfg, RunConfig):  # before the folder is made
-        refuse_outputs_in_data([run_dir], cfg.data.spec)
-        _check_prunable(cfg)
+    checked = isinstance(cfg, RunConfig)
+    if checked:  # before the folder is made
+        _check_before_work(cfg, run_dir)
     run_dir = check_writable_dir(run_dir)
     echo = echo or logger.info
     cfg = resolve_config(cfg, run_dir, resume)
@@ -241,12 +247,12 @@ def run_pipeline(cfg: RunConfig | None, run_dir: str | Path, *, resume: bool = F
     bad = sorted(set(redo or []) - set(STAGE_NAMES))
     if bad:
         raise InputError(f"--redo {bad}: unknown stage; stages are {', '.join(STAGE_NAMES)}")
-    refuse_outputs_in_data([run_dir], cfg.data.spec)
-    if not isinstance(given, RunConfig):  # a resumed run's config, read from its folder
-        _check_prunable(cfg)
+    if not checked:  # a resumed run's config, read from its folder
+        _check_before_work(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, cfg.to_json())
-    ctx = StageContext(cfg=cfg, run_dir=run_dir, progress=progress, echo=echo)
+    ctx = StageContext(cfg=cfg, run_dir=run_dir, progress=progress, echo=echo,
+                       data_files=data_fingerprint(cfg.data.spec))
     statuses: list[StageStatus] = []
     n = len(STAGES) if until is None else STAGE_NAMES.index(until) + 1
     echo(f"updp run: {run_dir} ({cfg.model.name} {cfg.model.input_size[0]}x{cfg.model.input_size[1]} on "
@@ -266,10 +272,8 @@ def _run_stage(ctx: StageContext, stage, k: int, n: int, force: bool) -> StageSt
     sdir = run_dir / stage.name
     rec_path, res_path = sdir / "stage.json", sdir / "result.json"
     subset, files = stage.inputs(ctx)
-    if "data" in subset:  # the spec names a folder; what is in it is an input too
-        fingerprint = data_fingerprint(subset["data"]["spec"])
-        if fingerprint is not None:
-            subset = {**subset, "data_files": fingerprint}
+    if "data" in subset and ctx.data_files is not None:  # the spec names a folder: what is in it is an input too
+        subset = {**subset, "data_files": ctx.data_files}
     file_hashes = {}
     for label, p in files.items():
         if not Path(p).is_file():

@@ -68,6 +68,8 @@ class StageContext:
         results: `result` of every stage finished (or skipped) so far, by stage name.
         progress: show tqdm bars for long steps.
         echo: one-line progress messages for the user.
+        data_files: the fingerprint of the files of a data folder (`updp.data.data_fingerprint`),
+            an input of every stage that reads `[data]`; taken once per invocation (None: bundled data).
     """
 
     cfg: RunConfig
@@ -75,6 +77,7 @@ class StageContext:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     progress: bool = True
     echo: Callable[[str], None] = logger.info
+    data_files: str | None = None
 
     def path(self, stage: str, name: str) -> Path:
         return self.run_dir / stage / name
