@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from updp.core.errors import InputError
-from updp.data import get_datasets, mnist5k_arrays, stratified_split
+from updp.data import ImageTensorDataset, get_datasets, mnist5k_arrays, stratified_split
 
 
 def _ids(ds) -> set[int]:
@@ -64,6 +64,31 @@ def test_augmentation_depends_on_epoch_and_index_only():
     v0 = d.val[0][0]
     d.val.set_epoch(5)
     assert torch.equal(v0, d.val[0][0])  # no augmentation on val
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_a_batch_fetched_at_once_equals_its_items_fetched_one_by_one(hflip):
+    d = get_datasets("digits", 32)
+    t = d.train
+    train = ImageTensorDataset(t.images, t.labels, t.indices, t.mean.flatten().tolist(), t.std.flatten().tolist(),
+                               augment=True, hflip=hflip, seed=3)
+    items = [5, 0, 17, 17, 300, 2]
+    for ds in (train, d.val):
+        for epoch in (0, 4):
+            ds.set_epoch(epoch)
+            batch = ds.__getitems__(items)
+            assert len(batch) == len(items)
+            for (x, y), i in zip(batch, items):
+                ref_x, ref_y = ds[i]
+                assert torch.equal(x, ref_x) and y == ref_y and x.dtype == torch.float32
+    train.set_epoch(0)
+    flipped = [bool(train._augmentation(int(train.indices[i]))[2]) for i in range(64)]
+    assert any(flipped) == hflip  # the flip branch of the batch form really ran (or really did not)
+    # The DataLoader takes the batch path: its batches are the items stacked.
+    loader = torch.utils.data.DataLoader(train, batch_size=16, shuffle=False)
+    x, y = next(iter(loader))
+    assert torch.equal(x, torch.stack([train[i][0] for i in range(16)]))
+    assert y.tolist() == [train[i][1] for i in range(16)]
 
 
 def test_stratified_split_counts():
