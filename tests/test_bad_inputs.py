@@ -293,6 +293,39 @@ def _ck_two_classes(d: Path) -> Path:
     return d / "two.pt"
 
 
+def _ck_two_named_classes(names: list[str]):
+    """`_ck_two_classes` recording the class names it was trained on."""
+    def make(d: Path) -> Path:
+        path = _ck_two_classes(d)
+        ck = torch.load(path, weights_only=True)
+        ck["model_spec"]["class_names"] = names
+        torch.save(ck, path)
+        return path
+    return make
+
+
+def _named_classifier(d: Path) -> Path:
+    """`classifier` exported by updp from a model of the ten classes a..j."""
+    from updp.exporter.torch_export import set_metadata
+
+    path = classifier(d)
+    model = onnx.load(str(path))
+    set_metadata(model, {"updp.class_names": list("abcdefghij")})
+    onnx.save(model, str(path))
+    return path
+
+
+def _gather_model(d: Path) -> Path:
+    """Rows of a constant table picked by an index input: an index past the table's end is an input
+    that neither ONNX Runtime nor onnx's reference evaluator runs."""
+    table = numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(4, 3), "table")
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "i"], ["y"])], "g",
+                              [helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [table])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(d / "g.onnx"))
+    return d / "g.onnx"
+
+
 def _ck_truncated(d: Path) -> Path:
     torch.save(small_state_dict(), d / "full.pt")
     (d / "c.pt").write_bytes((d / "full.pt").read_bytes()[:5000])
@@ -406,7 +439,24 @@ CASES = [
          "are not a table of constructor arguments"),
     Case("checkpoint-spec-classes", lambda d: ["eval", str(_ck_spec(num_classes="two")(d)), "--data", "digits"], 2,
          "num_classes 'two' is not a positive integer"),
+    Case("checkpoint-spec-class-names", lambda d: ["eval", str(_ck_spec(num_classes=2, class_names=["a"])(d)), "--data",
+                                                   "digits"], 2, "class_names are not 2 class names"),
     Case("checkpoint-missing", _export_ck(lambda d: d / "none.pt"), 2, "checkpoint not found"),
+    # a model scored, pruned or taken as a baseline on classes other than those it was trained on
+    Case("eval-checkpoint-of-other-classes", lambda d: ["eval", str(_ck_two_named_classes(["cat", "dog"])(d)),
+                                                        "--data", f"imagefolder:{tiny_folder(d)}"], 2,
+         "only the model's: cat, dog; only the data's: a, b"),
+    Case("eval-checkpoint-classes-in-another-order", lambda d: [
+        "eval", str(_ck_two_named_classes(["b", "a"])(d)), "--data", f"imagefolder:{tiny_folder(d)}"], 2,
+         "the same names in another label order"),
+    Case("eval-onnx-of-other-classes", lambda d: ["eval", str(_named_classifier(d)), "--data", "digits"], 2,
+         "only the model's: a, b, c, d, e, f, g, h and 2 more; only the data's: 0, 1"),
+    Case("prune-checkpoint-of-other-classes", lambda d: [
+        "prune", "--checkpoint", str(_ck_two_named_classes(["cat", "dog"])(d)), "--data",
+        f"imagefolder:{tiny_folder(d)}", "--blocks", "1", "--out", str(d / "p.pt")], 2, "only the model's: cat, dog"),
+    Case("train-takes-a-checkpoint-of-other-classes-as-is", lambda d: [
+        "train", "mobilenetv2_035", "--checkpoint", str(_ck_two_named_classes(["cat", "dog"])(d)), "--epochs", "0",
+        "--data", f"imagefolder:{tiny_folder(d)}", "--out", str(d / "b.pt")], 2, "only the model's: cat, dog"),
     Case("checkpoint-wrong-model", _export_ck(_ck_wrong_model), 2, "c.pt"),
     # data
     Case("data-unknown", _train("imagenet"), 2, "unknown --data"),
@@ -458,6 +508,8 @@ CASES = [
          "input_x.pb is not named input_<k>.pb"),
     Case("inputs-pb-undefined-type", lambda d: _optimize(write_model, "o.onnx", "--inputs", _pb_folder(
         d, "input_0.pb", bytes.fromhex("0a03616263")))(d), 2, "input_0.pb: not a TensorProto onnx can read"),
+    Case("inputs-no-runtime-runs-them", lambda d: _optimize(_gather_model, "o.onnx", "--inputs", _npz(
+        d, i=np.array([100, 0], np.int64)))(d), 3, "neither runtime runs it on the inputs given"),
     Case("run-config-yaml-python-tag", _yaml_config, 2, "run.yaml"),
     # the command line
     Case("model-unknown", lambda d: ["export", "no_such_net", "--out", str(d / "o.onnx")], 2, "no_such_net"),

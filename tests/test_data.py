@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from updp.core.errors import InputError
-from updp.data import ImageTensorDataset, get_datasets, mnist5k_arrays, stratified_split
+from updp.data import ImageTensorDataset, class_mismatch, get_datasets, mnist5k_arrays, stratified_split
 
 
 def _ids(ds) -> set[int]:
@@ -89,6 +90,19 @@ def test_a_batch_fetched_at_once_equals_its_items_fetched_one_by_one(hflip):
     x, y = next(iter(loader))
     assert torch.equal(x, torch.stack([train[i][0] for i in range(16)]))
     assert y.tolist() == [train[i][1] for i in range(16)]
+
+
+def test_class_mismatch_names_what_differs_and_stays_quiet_where_nothing_is_known():
+    d = get_datasets("digits", 32)
+    digits = [str(i) for i in range(10)]
+    assert d.classes == tuple(digits)
+    assert class_mismatch(digits, d) is None
+    assert class_mismatch([], d) is None  # a model that records no names (an older checkpoint)
+    assert class_mismatch(digits, dataclasses.replace(d, classes=())) is None
+    other = class_mismatch([*digits[:9], "ten"], d)
+    assert "only the model's: ten; only the data's: 9" in other
+    swapped = class_mismatch([digits[1], digits[0], *digits[2:]], d)
+    assert "same names in another label order (label 0 is '1' for the model, '0' for the data)" in swapped
 
 
 def test_stratified_split_counts():

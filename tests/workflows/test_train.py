@@ -62,3 +62,36 @@ def test_export_takes_the_model_from_the_checkpoint(tmp_path, capsys):
     assert res["model"] == "timm:convnext_atto" and res["input_shape"] == [1, 3, 32, 32]
     assert main(["export", "--out", str(tmp_path / "x.onnx")]) == 2
     assert "give MODEL, or a --checkpoint" in capsys.readouterr().err
+
+
+def test_the_classes_trained_on_travel_with_the_checkpoint_and_the_onnx_file(tmp_path, capsys):
+    """A baseline records its data's class names; the export writes them into the ONNX file, where
+    `updp eval` reads them back; the same data passes, a folder of other classes (as many) does not."""
+    from PIL import Image
+
+    from updp.exporter.torch_export import get_metadata
+    from updp.ort import load_onnx
+
+    def folder(name: str, classes: list[str]) -> str:
+        for split in ("train", "val"):
+            for i, cls in enumerate(classes):
+                (tmp_path / name / split / cls).mkdir(parents=True)
+                for k in range(6):
+                    Image.new("RGB", (8, 8), (40 * i, 20 * k, 0)).save(tmp_path / name / split / cls / f"{k}.png")
+        return f"imagefolder:{tmp_path / name}"
+
+    pets, zoo = folder("pets", ["cat", "dog"]), folder("zoo", ["dog", "zebra"])
+    res = train(TrainConfig(model="convnext_atto", model_kwargs=SMALL, epochs=1, out=str(tmp_path / "b.pt"),
+                            **{**TINY, "data": pets, "batch_size": 4}))
+    assert res.model_spec["class_names"] == ["cat", "dog"]
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["model_spec"]["class_names"] == ["cat", "dog"]
+    assert main(["export", "--checkpoint", str(tmp_path / "b.pt"), "--out", str(tmp_path / "b.onnx")]) == 0
+    assert json.loads(get_metadata(load_onnx(str(tmp_path / "b.onnx")))["updp.class_names"]) == ["cat", "dog"]
+    for model in ("b.pt", "b.onnx"):
+        assert main(["eval", str(tmp_path / model), "--data", pets]) == 0
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / model), "--data", zoo]) == 2
+        err = capsys.readouterr().err
+        assert "only the model's: cat; only the data's: zebra" in err, err
+    digits = train(TrainConfig(model="convnext_atto", model_kwargs=SMALL, epochs=1, out=str(tmp_path / "d.pt"), **TINY))
+    assert digits.model_spec["class_names"] == [str(d) for d in range(10)]

@@ -98,7 +98,8 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
                   out: str | Path | None, optimize: bool, verify: bool, polish: bool, opset: int,
                   dynamic_batch: bool, weights: str, randomize_norms: int | None = None,
                   already_pruned: bool = False, selection_rule: str = "manual", model_label: str = "custom",
-                  model_kwargs: dict | None = None, exporter: str = DEFAULT_EXPORTER) -> ExportResult:
+                  model_kwargs: dict | None = None, exporter: str = DEFAULT_EXPORTER,
+                  class_names: list[str] | None = None) -> ExportResult:
     """Prune blocks `chosen` of a module at λ = 1, export, merge, verify and write `out`.
 
     Works on any module whose blocks updp recognizes (including user-registered ones).
@@ -118,6 +119,8 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         already_pruned: the chosen blocks are already in their pruned form (a pruned checkpoint).
         selection_rule: how the blocks were chosen (metadata).
         model_label: the model's name (metadata).
+        class_names: the names of the output classes, in label order (metadata `updp.class_names`,
+            left out when None): what a deployment shows, and what `updp eval` checks the data against.
         model_kwargs: its constructor arguments (metadata).
         exporter: the torch exporter, "torchscript" or "dynamo" (`updp.exporter.torch_export`).
 
@@ -156,6 +159,7 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         "updp.versions": versions(),
         "updp.verified_max_abs_diff": max_diff if max_diff is not None else "not verified",
         "updp.block_scopes": {str(b.index): b.name for b in blocks},
+        **({"updp.class_names": list(class_names)} if class_names else {}),
     })
     if out is not None:
         save_model(result_model, out)

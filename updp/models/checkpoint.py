@@ -6,7 +6,8 @@ What updp writes (`write_checkpoint`, the only writer) is a dict that loads with
     format       CHECKPOINT_FORMAT
     model        the state dict
     model_spec   how to rebuild the model (`updp.models.zoo.spec_record`): model name, kwargs,
-                 class count, the (C, H, W) it was trained at
+                 class count, the (C, H, W) it was trained at, and (`class_names`, written by
+                 `updp train` since it checks them) the names of the classes it was trained on
     plan         the `PrunePlan` dict of a pruned checkpoint, None for a baseline
     ...          whatever the writer adds: training state (optimizer, scheduler, epoch, step, rng,
                  config, metrics, history, world size), the data it saw, a supernet record

@@ -249,10 +249,17 @@ def normalize_record(record: dict[str, Any], where: str) -> dict[str, Any]:
     classes = record.get("num_classes")
     if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
         raise InputError(f"{where}: model_spec's num_classes {classes!r} is not a positive integer")
+    names = record.get("class_names")
+    if names is not None and (not isinstance(names, (list, tuple)) or not all(isinstance(c, str) for c in names)
+                              or (classes is not None and len(names) != classes)):
+        raise InputError(f"{where}: model_spec's class_names are not {classes or 'its'} class names (strings)")
     source, bare = parse_spec(name)
-    return {"model": f"{source}:{bare}", "source": source, "name": bare,
-            "kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"}, "num_classes": classes,
-            "input_size": [int(v) for v in size]}
+    out = {"model": f"{source}:{bare}", "source": source, "name": bare,
+           "kwargs": {k: v for k, v in kwargs.items() if k != "num_classes"}, "num_classes": classes,
+           "input_size": [int(v) for v in size]}
+    if names is not None:  # recorded since class names are checked; older checkpoints have none
+        out["class_names"] = list(names)
+    return out
 
 
 def create_from_record(record: dict[str, Any]) -> nn.Module:

@@ -60,19 +60,20 @@ def with_checkpoint_spec(cfg: ExportConfig) -> ExportConfig:
 
 
 def _model(cfg: ExportConfig):
-    """(module, plan or None, (C, H, W)) for the export."""
-    spec = None
+    """(module, plan or None, (C, H, W), the class names its checkpoint records or None) for the export."""
+    spec, class_names = None, None
     if cfg.checkpoint:
         loaded = load_model(cfg.checkpoint, model=cfg.model, input_size=cfg.input_size,
                             model_kwargs=cfg.model_kwargs, num_classes=cfg.num_classes)
         module, plan, spec_chw = loaded.module, loaded.plan, tuple(loaded.spec["input_size"])
+        class_names = loaded.spec.get("class_names")
     else:
         module, spec = create_model(cfg.model, num_classes=cfg.num_classes, input_size=cfg.input_size,
                                     **cfg.model_kwargs)
         plan, spec_chw = None, tuple(spec.input_size)
     chw = spec_chw if cfg.input_size is None else (spec_chw[0], *cfg.input_size)
     check_input_size(module, spec, chw)
-    return module.eval(), plan, chw
+    return module.eval(), plan, chw, class_names
 
 
 def export(cfg: ExportConfig) -> ExportResult:
@@ -90,7 +91,7 @@ def export(cfg: ExportConfig) -> ExportResult:
     refuse_outputs_in_data([cfg.out, *derived_paths(cfg.out, cfg)], cfg.data)
     torch.manual_seed(cfg.seed)
     cfg = with_checkpoint_spec(cfg)
-    module, plan, chw = _model(cfg)
+    module, plan, chw, class_names = _model(cfg)
     input_shape = (cfg.batch, *chw)
     if plan is not None:
         if cfg.blocks or cfg.prune:
@@ -110,7 +111,7 @@ def export(cfg: ExportConfig) -> ExportResult:
                            polish=cfg.polish, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, weights=weights,
                            randomize_norms=None if cfg.checkpoint else cfg.seed, already_pruned=plan is not None,
                            selection_rule=rule, model_label=cfg.model, model_kwargs=cfg.model_kwargs,
-                           exporter=cfg.exporter)
+                           exporter=cfg.exporter, class_names=class_names)
     made = derive_files(result.onnx_model, cfg.out, cfg, where=cfg.out)
     save_model(result.onnx_model, cfg.out)
     result.out = str(cfg.out)

@@ -141,9 +141,14 @@ def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions
     if opts.data:
         from updp.accuracy import onnx_accuracy  # lazy: torch's data side, only with --data
         from updp.data import get_datasets  # lazy: as above
-        from updp.workflows.evaluate import onnx_input_size  # lazy: as above
+        from updp.workflows.evaluate import (  # lazy: as above
+            onnx_input_size,
+            recorded_class_names,
+            refuse_other_classes,
+        )
 
         data = get_datasets(opts.data, onnx_input_size(where, model), split_seed=opts.split_seed)
+        refuse_other_classes(str(where), recorded_class_names(model), data)
         float_acc = onnx_accuracy(model, data.val, num_classes=data.num_classes)
     if opts.quantize == "int8":
         t0 = time.perf_counter()

@@ -21,7 +21,7 @@ from torch import nn
 
 from updp.blocks.plan import PrunePlan
 from updp.core.errors import InputError
-from updp.data import DataBundle, get_datasets
+from updp.data import DataBundle, class_mismatch, get_datasets
 from updp.models.checkpoint import Checkpoint, load_state, read_checkpoint
 from updp.models.zoo import create_from_record, create_model, normalize_input_size, same_model
 from updp.models.zoo import spec_record as make_spec_record
@@ -120,15 +120,18 @@ def load_baseline(path: str, *, model: str | None = None, what: str = "pruning")
 
 def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:
     """The dataset `data`, served at the input size the model was trained at, checked against its
-    class count.
+    class count and the class names it records.
 
     Raises:
-        InputError: an unknown or missing dataset, or one with another class count.
+        InputError: an unknown or missing dataset, or one with another class count or other classes.
     """
     bundle = get_datasets(data, tuple(spec["input_size"][1:]), split_seed=split_seed)
     n = spec.get("num_classes")
     if n is not None and n != bundle.num_classes:
         raise InputError(f"the model has {n} classes, the data ({data}) has {bundle.num_classes}")
+    why = class_mismatch(spec.get("class_names") or (), bundle)
+    if why:
+        raise InputError(why)
     return bundle
 
 

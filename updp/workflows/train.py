@@ -7,6 +7,7 @@ No hub weights can be downloaded on this project's machines: a model starts from
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -15,12 +16,14 @@ from torch import nn
 from updp.accuracy import module_accuracy
 from updp.core.errors import InputError
 from updp.core.io import check_outputs
-from updp.data import DataBundle, get_datasets, refuse_outputs_in_data
+from updp.data import DataBundle, class_mismatch, get_datasets, refuse_outputs_in_data
 from updp.models.checkpoint import load_state, read_checkpoint, write_checkpoint
 from updp.models.zoo import create_for_data, same_model
 from updp.training.device import fast_cpu_math
 from updp.training.trainer import Trainer, TrainerConfig, TrainResult, format_history
 from updp.workflows.config import TrainConfig, pick
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,9 +59,12 @@ class BaselineResult:
         return "\n".join(lines)
 
 
-def _load_initial_weights(module: nn.Module, cfg: TrainConfig, spec: dict, chw: tuple[int, ...]) -> None:
+def _load_initial_weights(module: nn.Module, cfg: TrainConfig, spec: dict, chw: tuple[int, ...],
+                          data: DataBundle) -> None:
     """Your checkpoint into the freshly built model: any layout; a updp checkpoint must be of the
-    same model, unpruned, at the same input size."""
+    same model, unpruned, at the same input size. One trained on other classes (as many) is refused
+    when it is taken as it is (`--epochs 0`: its accuracy would be of the wrong labels), and only
+    warned about when it is fine-tuned, which may be what a user wants (a transfer to new classes)."""
     ck = read_checkpoint(cfg.checkpoint)
     if ck.plan is not None:
         raise InputError(f"checkpoint {cfg.checkpoint} is already pruned: give the unpruned baseline")
@@ -69,6 +75,11 @@ def _load_initial_weights(module: nn.Module, cfg: TrainConfig, spec: dict, chw: 
         if list(theirs["input_size"]) != list(chw):
             raise InputError(f"checkpoint {cfg.checkpoint} was trained at {theirs['input_size'][1:]}, this run "
                              f"trains at {list(chw[1:])} (--input-size)")
+        why = class_mismatch(theirs.get("class_names") or (), data)
+        if why and cfg.epochs == 0:
+            raise InputError(f"checkpoint {cfg.checkpoint}: {why}")
+        if why:
+            logger.warning("checkpoint %s: %s; it is fine-tuned on the data's classes", cfg.checkpoint, why)
     load_state(module, ck.state_dict, cfg.checkpoint)
 
 
@@ -98,9 +109,11 @@ def train(cfg: TrainConfig, *, echo: Callable[[str], None] | None = None) -> Bas
     chw = (data.in_chans, *cfg.input_size)
     module, spec = create_for_data(cfg.model, num_classes=data.num_classes, input_chw=chw,
                                    model_kwargs=cfg.model_kwargs, seed=cfg.seed)
+    if data.classes:
+        spec = {**spec, "class_names": list(data.classes)}
     source = "trained from random weights"
     if cfg.checkpoint:
-        _load_initial_weights(module, cfg, spec, chw)
+        _load_initial_weights(module, cfg, spec, chw, data)
         source = f"checkpoint {cfg.checkpoint}" + (f", fine-tuned {cfg.epochs} epochs" if cfg.epochs else ", as given")
     if cfg.epochs == 0:
         res = _take_as_is(module, data, cfg, spec)
