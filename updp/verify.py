@@ -241,8 +241,10 @@ class _Runner:
 RUNTIMES = ("onnxruntime", "onnx reference evaluator")
 
 
-def _reference_runner(reference, feeds: list[dict]) -> tuple[_Runner, list[list]]:
+def _reference_runner(reference, feeds: list[dict], inputs_given: bool = False) -> tuple[_Runner, list[list]]:
     """The first runtime that runs the reference on these inputs, and its outputs.
+
+    `inputs_given`: the inputs are the user's (the error then names them instead of asking for them).
 
     Raises:
         UnsupportedError: neither runtime runs the reference on these inputs.
@@ -254,8 +256,10 @@ def _reference_runner(reference, feeds: list[dict]) -> tuple[_Runner, list[list]
             return ref, [ref.run(f) for f in feeds]
         except Exception as exc:  # each runtime raises its own types for a model or an input it refuses
             reasons.append(f"{runtime}: {first_line(exc)[:300]}")
+    hint = ("neither runtime runs it on the inputs given: check that they are what the model takes" if inputs_given
+            else "give inputs the model accepts with --inputs F.npz")
     raise UnsupportedError("cannot run the original model to check the result (" + "; ".join(reasons) +
-                           "); give inputs the model accepts with --inputs F.npz")
+                           f"); {hint}")
 
 
 def _candidate_outputs(candidate, ref: _Runner, feeds: list[dict], same_runtime: bool,
@@ -320,7 +324,8 @@ def _random_outputs(reference, ref: _Runner, feeds: dict, first: list) -> frozen
 def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.ModelProto | str | Path, *,
                       trials: int = 3, batch: int = 1, feeds: list[dict] | None = None,
                       raise_on_failure: bool = True, same_runtime: bool = True,
-                      what: str = "the optimized model", precision: str | None = None) -> EquivalenceReport:
+                      what: str = "the optimized model", precision: str | None = None,
+                      inputs_given: bool = False) -> EquivalenceReport:
     """Run both models in ORT on the same inputs and compare every output.
 
     Args:
@@ -340,6 +345,8 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
             reference's (a float16 conversion of a float32 model): the candidate gets each float
             input in its own input dtype, and every float output is compared with this dtype's
             tolerance (`compare_outputs`).
+        inputs_given: `feeds` are the user's own (`--inputs`), not generated or probes: a model no
+            runtime runs on them is then not answered with "give inputs with --inputs".
 
     Raises:
         UnsupportedError: valid inputs cannot be generated, or neither ONNX Runtime nor onnx's
@@ -354,7 +361,7 @@ def check_equivalence(reference: onnx.ModelProto | str | Path, candidate: onnx.M
     feeds = [{k: _normalized(v) for k, v in f.items()} for f in feeds]
     if not feeds:
         raise VerificationError("no inputs to compare with")
-    ref, ref_outputs = _reference_runner(reference, feeds)
+    ref, ref_outputs = _reference_runner(reference, feeds, inputs_given)
     cand_feeds = _cast_to_inputs(candidate, feeds) if precision else feeds
     cand_runtime, cand_outputs = _candidate_outputs(candidate, ref, cand_feeds, same_runtime, what)
     cand_names = [o.name for o in (candidate if isinstance(candidate, onnx.ModelProto) else

@@ -243,7 +243,7 @@ def _simplified(model: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
 
 
 def _check_conversion(original: onnx.ModelProto, converted: onnx.ModelProto, feeds: list[dict],
-                      conversion: str) -> None:
+                      conversion: str, inputs_given: bool) -> None:
     """The version converter's result must compute what the original does (it has bugs of its own),
     else the conversion is refused (exit 3): a wrong model is never passed on as an optimization.
 
@@ -252,7 +252,7 @@ def _check_conversion(original: onnx.ModelProto, converted: onnx.ModelProto, fee
     against the converted one on the same runtime: original = converted = optimized."""
     try:
         rep = check_equivalence(original, converted, feeds=feeds, raise_on_failure=False, same_runtime=False,
-                                what="the converted model")
+                                what="the converted model", inputs_given=inputs_given)
     except VerificationError as exc:  # the converted model does not load or run where the original does
         raise UnsupportedError(f"{conversion} is refused: {exc}; re-export the model at opset >= 13") from None
     if not rep.passed:
@@ -296,7 +296,7 @@ def optimize_file(src: str | Path, out: str | Path, *, verify: bool, polish: boo
     elif verify and feeds is None:
         feeds = generate_feeds(original)  # refuses before any expensive step when it cannot
     if conversion and verify:
-        _check_conversion(original, work, feeds, conversion)
+        _check_conversion(original, work, feeds, conversion, inputs_given=source != "generated")
     summary = OptimizedFile(input=str(src), out=str(out), nodes_before=len(original.graph.node), nodes_after=0,
                             ops_before=op_counts(original), ops_after={}, max_abs_diff=None, rel_diff=None, applied={},
                             decisions=[], refusals=[], seconds=0.0, conversion=conversion, inputs=source)
@@ -350,7 +350,7 @@ def _write_checked(work: onnx.ModelProto, reference: onnx.ModelProto | str | Pat
         del result  # a model past 2 GB is checked from its file; its copy in memory is not needed
         full_check(staged, "optimized model")
         if verify:
-            rep = check_equivalence(reference, staged, feeds=feeds)
+            rep = check_equivalence(reference, staged, feeds=feeds, inputs_given=summary.inputs != "generated")
             summary.max_abs_diff, summary.rel_diff, summary.verified_with = rep.max_abs_diff, rep.rel_diff, rep.runtime
         return _derived(staged, derive)
 
