@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=11)
     ap.add_argument("--blocks", default="1,3,5,7", help="pruned blocks of the λ variants")
+    ap.add_argument("--json", default="training_cost.json", help="file name under benchmarks/results/")
     args = ap.parse_args()
     setup_logging()
     data = get_datasets(args.data, 32)
@@ -141,7 +142,7 @@ def main() -> None:
     for k, v in ratios.items():
         sign = "+" if "overhead" in k or "cost" in k else ""
         print(f"  {k}: {v['median']:{sign}.3f} [{v['q1']:{sign}.3f}, {v['q3']:{sign}.3f}]")
-    path = save_json("training_cost.json", {"setup": setup, "rows": rows, "ratios": ratios, "samples_s": times})
+    path = save_json(args.json, {"setup": setup, "rows": rows, "ratios": ratios, "samples_s": times})
     print(f"wrote {path}")
 
 
