@@ -237,7 +237,7 @@ def _bundle_from_arrays(images: torch.Tensor, labels: np.ndarray, train_idx: np.
             f"{split_seed}), {num_classes} classes, {size[0]}x{size[1]}"
             + (", grayscale replicated to 3 channels" if images.shape[1] == 1 else ""))
     return DataBundle(train=train, val=val, holdout=holdout, num_classes=num_classes, in_chans=3,
-                      description=desc, spec=spec, input_size=size, classes=tuple(classes))
+                      description=desc, spec=spec, input_size=size, classes=classes)
 
 
 @functools.lru_cache(maxsize=1)

@@ -119,10 +119,10 @@ def export_module(module: torch.nn.Module, input_shape: tuple[int, ...], chosen:
         already_pruned: the chosen blocks are already in their pruned form (a pruned checkpoint).
         selection_rule: how the blocks were chosen (metadata).
         model_label: the model's name (metadata).
-        class_names: the names of the output classes, in label order (metadata `updp.class_names`,
-            left out when None): what a deployment shows, and what `updp eval` checks the data against.
         model_kwargs: its constructor arguments (metadata).
         exporter: the torch exporter, "torchscript" or "dynamo" (`updp.exporter.torch_export`).
+        class_names: the names of the output classes, in label order (metadata `updp.class_names`,
+            left out when None): what a deployment shows, and what `updp eval` checks the data against.
 
     Raises:
         UnsupportedError: the export fails or the result fails the ONNX checker.

@@ -12,13 +12,13 @@ import time
 
 from updp.accuracy import module_accuracy, onnx_accuracy
 from updp.core.errors import InputError
-from updp.data import class_mismatch, get_datasets
+from updp.data import get_datasets
 from updp.exporter.torch_export import get_metadata
 from updp.models.checkpoint import read_checkpoint
 from updp.ort import load_onnx
 from updp.training.device import fast_cpu_math
 from updp.workflows.config import EvalConfig
-from updp.workflows.resolve import load_model
+from updp.workflows.resolve import load_model, recorded_class_names, refuse_other_classes
 
 
 def onnx_input_size(path: str, proto) -> tuple[int, int]:
@@ -42,24 +42,6 @@ def _evaluate_onnx(cfg: EvalConfig) -> tuple[dict, tuple[int, int]]:
     refuse_other_classes(cfg.file, recorded_class_names(proto), data)
     res = onnx_accuracy(proto, _split(data, cfg), batch_size=cfg.batch_size, num_classes=data.num_classes)
     return res, size
-
-
-def recorded_class_names(proto) -> list[str]:
-    """The class names an exported model records (`updp.class_names` metadata); [] when it records none
-    (a file updp did not export, or one exported from a checkpoint that records none)."""
-    raw = get_metadata(proto).get("updp.class_names")
-    try:
-        names = json.loads(raw) if raw else []
-    except json.JSONDecodeError:
-        return []
-    return [str(c) for c in names] if isinstance(names, list) else []
-
-
-def refuse_other_classes(path: str, trained_on: list[str], data) -> None:
-    """Accuracy on data of other classes than the model's would be of the wrong labels: refused."""
-    why = class_mismatch(trained_on, data)
-    if why:
-        raise InputError(f"{path}: {why}")
 
 
 def _split(data, cfg: EvalConfig):
@@ -111,4 +93,4 @@ def format_accuracy(res: dict) -> str:
             f"loss {res['loss']:.4f}, {res['provider']}, {res['seconds']:.1f} s")
 
 
-__all__ = ["evaluate", "format_accuracy", "onnx_input_size", "recorded_class_names", "refuse_other_classes"]
+__all__ = ["evaluate", "format_accuracy", "onnx_input_size"]

@@ -141,11 +141,8 @@ def derive_files(model: onnx.ModelProto, out: str | Path, opts: PrecisionOptions
     if opts.data:
         from updp.accuracy import onnx_accuracy  # lazy: torch's data side, only with --data
         from updp.data import get_datasets  # lazy: as above
-        from updp.workflows.evaluate import (  # lazy: as above
-            onnx_input_size,
-            recorded_class_names,
-            refuse_other_classes,
-        )
+        from updp.workflows.evaluate import onnx_input_size  # lazy: as above
+        from updp.workflows.resolve import recorded_class_names, refuse_other_classes  # lazy: as above
 
         data = get_datasets(opts.data, onnx_input_size(where, model), split_seed=opts.split_seed)
         refuse_other_classes(str(where), recorded_class_names(model), data)

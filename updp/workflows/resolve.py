@@ -14,14 +14,18 @@ Every workflow that reads a checkpoint goes through `load_model`, so the rules a
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import onnx
 from torch import nn
 
 from updp.blocks.plan import PrunePlan
 from updp.core.errors import InputError
 from updp.data import DataBundle, class_mismatch, get_datasets
+from updp.exporter.torch_export import get_metadata
 from updp.models.checkpoint import Checkpoint, load_state, read_checkpoint
 from updp.models.zoo import create_from_record, create_model, normalize_input_size, same_model
 from updp.models.zoo import spec_record as make_spec_record
@@ -129,10 +133,32 @@ def data_for(spec: dict[str, Any], data: str, *, split_seed: int) -> DataBundle:
     n = spec.get("num_classes")
     if n is not None and n != bundle.num_classes:
         raise InputError(f"the model has {n} classes, the data ({data}) has {bundle.num_classes}")
-    why = class_mismatch(spec.get("class_names") or (), bundle)
-    if why:
-        raise InputError(why)
+    refuse_other_classes(None, spec.get("class_names") or (), bundle)
     return bundle
 
 
-__all__ = ["IMPORT_HINT", "LoadedModel", "data_for", "load_baseline", "load_model"]
+def recorded_class_names(proto: onnx.ModelProto) -> list[str]:
+    """The class names an exported model records (`updp.class_names` metadata); [] when it records none
+    (a file updp did not export, or one exported from a checkpoint that records none)."""
+    raw = get_metadata(proto).get("updp.class_names")
+    try:
+        names = json.loads(raw) if raw else []
+    except json.JSONDecodeError:
+        return []
+    return [str(c) for c in names] if isinstance(names, list) else []
+
+
+def refuse_other_classes(where: str | None, trained_on: Sequence[str], data: DataBundle) -> None:
+    """A model is never scored, calibrated or pruned on data of other classes than it was trained on
+    (`updp.data.class_mismatch`): its accuracy there would be of the wrong labels.
+
+    Raises:
+        InputError: the names differ (prefixed with `where`, the model's file, when given).
+    """
+    why = class_mismatch(trained_on, data)
+    if why:
+        raise InputError(f"{where}: {why}" if where else why)
+
+
+__all__ = ["IMPORT_HINT", "LoadedModel", "data_for", "load_baseline", "load_model", "recorded_class_names",
+           "refuse_other_classes"]
