@@ -22,6 +22,7 @@ from updp.models.zoo import create_for_data, same_model
 from updp.training.device import fast_cpu_math
 from updp.training.trainer import Trainer, TrainerConfig, TrainResult, format_history
 from updp.workflows.config import TrainConfig, pick
+from updp.workflows.resolve import refuse_other_classes
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +76,10 @@ def _load_initial_weights(module: nn.Module, cfg: TrainConfig, spec: dict, chw: 
         if list(theirs["input_size"]) != list(chw):
             raise InputError(f"checkpoint {cfg.checkpoint} was trained at {theirs['input_size'][1:]}, this run "
                              f"trains at {list(chw[1:])} (--input-size)")
-        why = class_mismatch(theirs.get("class_names") or (), data)
-        if why and cfg.epochs == 0:
-            raise InputError(f"checkpoint {cfg.checkpoint}: {why}")
-        if why:
+        trained_on = theirs.get("class_names") or ()
+        if cfg.epochs == 0:
+            refuse_other_classes(f"checkpoint {cfg.checkpoint}", trained_on, data)
+        elif why := class_mismatch(trained_on, data):
             logger.warning("checkpoint %s: %s; it is fine-tuned on the data's classes", cfg.checkpoint, why)
     load_state(module, ck.state_dict, cfg.checkpoint)
 
